@@ -1,0 +1,161 @@
+"""OpenVINO engine for CPUs: FP32, BF16 (where the CPU has it) and INT8 packages.
+
+One compiled model is shared by every engine object made from the same package and settings, and
+each engine object (one per server instance) owns its own infer request, so instances overlap:
+`InferRequest.infer` releases the GIL while OpenVINO runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detserve.engines.manifest import Manifest, ModelPackage
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "f32", "bf16", "int8")
+HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionChoice:
+    """What the engine runs at, and why, when it differs from what was asked."""
+
+    requested: str
+    effective: str
+    note: str = ""
+
+
+def choose_precision(requested: str, package_precision: str,
+                     capabilities: Sequence[str]) -> PrecisionChoice:
+    """Resolve a requested precision against the package and the CPU's capabilities.
+
+    `auto` means the fastest precision the package and CPU allow: the package's own INT8, else
+    BF16 where the CPU reports it, else FP32. BF16 asked for on a CPU without it falls back to FP32
+    and says so, rather than letting OpenVINO emulate it slowly.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"openvino precision must be one of {list(PRECISIONS)}, got {requested!r}")
+    if requested == "int8" and package_precision != "int8":
+        raise ValueError(
+            "openvino precision 'int8' needs an INT8 package (NNCF IR or QDQ ONNX from "
+            f"`detserve-model quantize`), but this package's precision is {package_precision!r}"
+        )
+    if package_precision == "int8":
+        return PrecisionChoice(requested, "int8")
+    has_bf16 = "BF16" in capabilities
+    if requested == "auto":
+        return PrecisionChoice(requested, "bf16" if has_bf16 else "f32")
+    if requested == "bf16" and not has_bf16:
+        return PrecisionChoice(
+            requested, "f32", "bf16 requested but this CPU does not report BF16; running f32"
+        )
+    return PrecisionChoice(requested, requested)
+
+
+def _manifest_precision(effective: str) -> str:
+    return {"f32": "fp32", "bf16": "bf16", "int8": "int8"}[effective]
+
+
+_COMPILED: dict[tuple[Any, ...], Any] = {}
+_COMPILED_LOCK = threading.Lock()
+
+
+class OpenVinoEngine:
+    """Runs a model package (ONNX, or an OpenVINO IR `.xml` named by `model_file`) on OpenVINO."""
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        precision: str = "auto",
+        num_threads: int | None = None,
+        num_streams: int | None = None,
+        performance_hint: str = "LATENCY",
+        cache_dir: str | Path | None = None,
+        device: str = "CPU",
+    ) -> None:
+        import openvino as ov
+
+        if performance_hint not in HINTS:
+            raise ValueError(
+                f"openvino performance_hint must be one of {list(HINTS)}, got {performance_hint!r}"
+            )
+        for name, value in (("num_threads", num_threads), ("num_streams", num_streams)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"openvino {name} must be an integer >= 1, got {value!r}")
+        core = ov.Core()
+        caps = list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+        self._choice = choose_precision(precision, package.manifest.precision, caps)
+        if self._choice.note:
+            log.warning("openvino: %s", self._choice.note)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
+        if self._choice.effective in ("f32", "bf16"):
+            config["INFERENCE_PRECISION_HINT"] = self._choice.effective
+        if num_threads is not None:
+            config["INFERENCE_NUM_THREADS"] = num_threads
+        if num_streams is not None:
+            config["NUM_STREAMS"] = num_streams
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache_dir)
+        self._compiled = _compile(core, package, device, config)
+        self._request = self._compiled.create_infer_request()
+        self._check_input(package.manifest)
+        meta = dict(package.manifest.metadata)
+        meta["openvino_precision"] = self._choice.effective
+        if self._choice.note:
+            meta["precision_note"] = self._choice.note
+        self._manifest = dataclasses.replace(
+            package.manifest, precision=_manifest_precision(self._choice.effective), metadata=meta
+        )
+        self.config = dict(config)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def kind(self) -> str:
+        return "openvino"
+
+    @property
+    def precision(self) -> PrecisionChoice:
+        return self._choice
+
+    def _check_input(self, manifest: Manifest) -> None:
+        port = self._compiled.inputs[0]
+        names = port.get_names()
+        if manifest.input_name not in names:
+            raise ValueError(
+                f"manifest field 'input.name' is {manifest.input_name!r}, but the model's input "
+                f"is named {sorted(names)}"
+            )
+
+    def infer(self, batch: npt.NDArray[np.float32]) -> Sequence[npt.NDArray[np.generic]]:
+        result = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return [np.array(result[out]) for out in self._compiled.outputs]
+
+    def close(self) -> None:
+        # The compiled model stays cached for other instances; the request goes with us.
+        self._request = None
+
+
+def _compile(core: Any, package: ModelPackage, device: str, config: dict[str, Any]) -> Any:
+    key = (str(package.model_path.resolve()), package.model_path.stat().st_mtime_ns, device,
+           tuple(sorted((k, str(v)) for k, v in config.items())))
+    with _COMPILED_LOCK:
+        compiled = _COMPILED.get(key)
+        if compiled is None:
+            model = core.read_model(str(package.model_path))
+            compiled = core.compile_model(model, device, config)
+            _COMPILED[key] = compiled
+        return compiled

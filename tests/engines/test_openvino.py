@@ -1,0 +1,93 @@
+"""OpenVINO engine: same answers as ONNX Runtime, precision choice, and the compile cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from detserve.engines.manifest import load_package
+from detserve.engines.openvino import OpenVinoEngine, choose_precision
+
+pytest.importorskip("openvino")
+
+
+def _blocks_batch() -> np.ndarray:
+    batch = np.full((3, 3, 64, 64), 114 / 255, np.float32)
+    batch[0, :, 0:32, 0:32] = [[[1.0]], [[0.0]], [[0.0]]]  # red block, top-left cell
+    batch[2, :, 32:64, 32:64] = [[[0.0]], [[0.0]], [[1.0]]]  # blue block, bottom-right cell
+    return batch
+
+
+def _ort_outputs(package_dir: Path, batch: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(package_dir / "model.onnx"))
+    return [np.asarray(o) for o in session.run(None, {"images": batch})]
+
+
+def test_f32_matches_onnxruntime(tiny_package: Path) -> None:
+    engine = OpenVinoEngine(load_package(tiny_package), precision="f32", num_threads=1)
+    batch = _blocks_batch()
+    got = engine.infer(batch)
+    want = _ort_outputs(tiny_package, batch)
+    assert len(got) == len(want) == 1
+    assert got[0].shape == (3, 7, 4)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    assert engine.manifest.precision == "fp32"
+    assert engine.kind == "openvino"
+
+
+def test_dynamic_batch_sizes_share_one_compiled_model(tiny_package: Path) -> None:
+    package = load_package(tiny_package)
+    first = OpenVinoEngine(package, precision="f32", num_threads=1)
+    second = OpenVinoEngine(package, precision="f32", num_threads=1)
+    assert first._compiled is second._compiled
+    for size in (1, 2, 5):
+        out = first.infer(np.zeros((size, 3, 64, 64), np.float32))[0]
+        assert out.shape == (size, 7, 4)
+
+
+def test_bf16_when_the_cpu_has_it(tiny_package: Path) -> None:
+    engine = OpenVinoEngine(load_package(tiny_package), precision="bf16", num_threads=1)
+    out = engine.infer(_blocks_batch())[0]
+    want = _ort_outputs(tiny_package, _blocks_batch())[0]
+    # bf16 keeps 8 bits of mantissa: boxes up to 64 px are exact to about 0.25 px.
+    np.testing.assert_allclose(out, want, atol=0.5)
+    assert engine.manifest.precision in ("bf16", "fp32")
+    if engine.manifest.precision == "fp32":
+        assert "does not report BF16" in engine.manifest.metadata["precision_note"]
+
+
+def test_compiled_model_cache_dir_is_written(tiny_package: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "ov-cache"
+    OpenVinoEngine(load_package(tiny_package), precision="f32", num_streams=1, cache_dir=cache)
+    assert any(cache.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("requested", "package", "caps", "effective", "noted"),
+    [
+        ("auto", "fp32", ["FP32", "BF16", "INT8"], "bf16", False),
+        ("auto", "fp32", ["FP32", "INT8"], "f32", False),
+        ("bf16", "fp32", ["FP32"], "f32", True),
+        ("f32", "fp32", ["FP32", "BF16"], "f32", False),
+        ("auto", "int8", ["FP32", "BF16", "INT8"], "int8", False),
+    ],
+)
+def test_choose_precision(requested: str, package: str, caps: list[str], effective: str,
+                          noted: bool) -> None:
+    choice = choose_precision(requested, package, caps)
+    assert choice.effective == effective
+    assert bool(choice.note) is noted
+
+
+def test_bad_settings_name_the_value(tiny_package: Path) -> None:
+    with pytest.raises(ValueError, match="got 'fp64'"):
+        choose_precision("fp64", "fp32", [])
+    with pytest.raises(ValueError, match="needs an INT8 package"):
+        choose_precision("int8", "fp32", ["INT8"])
+    with pytest.raises(ValueError, match="num_threads must be an integer >= 1, got 0"):
+        OpenVinoEngine(load_package(tiny_package), num_threads=0)
+    with pytest.raises(ValueError, match="performance_hint"):
+        OpenVinoEngine(load_package(tiny_package), performance_hint="FAST")
