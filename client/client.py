@@ -1,0 +1,298 @@
+"""Python clients for the detserve gRPC service: `DetectClient` (blocking) and
+`AsyncDetectClient` (grpc.aio). Both return typed results (detserve.client.results) and raise
+`DetectError` carrying the gRPC status code when a call fails.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from detserve.client.images import ImageInput, PixelFormat, to_image
+from detserve.client.results import (
+    DetectError,
+    DetectResult,
+    ModelInfo,
+    model_info_from_proto,
+    result_from_proto,
+)
+from detserve.protos import detection_pb2 as pb
+from detserve.protos import detection_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Per-request settings; None falls back to the model's manifest values on the server."""
+
+    model: str = ""
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_detections: int | None = None
+    class_ids: tuple[int, ...] = ()
+    pixel_format: PixelFormat = "RGB8"  # for numpy frames
+
+
+@dataclass(frozen=True)
+class ModelList:
+    models: tuple[ModelInfo, ...]
+    default_model: str
+
+
+def build_request(
+    image: ImageInput | pb.Image,
+    options: DetectOptions,
+    request_id: str = "",
+    frame_id: int = 0,
+) -> pb.DetectRequest:
+    """The DetectRequest for one image; optional fields are set only when given."""
+    req = pb.DetectRequest(
+        request_id=request_id,
+        frame_id=frame_id,
+        model=options.model,
+        image=to_image(image, options.pixel_format),
+        class_ids=list(options.class_ids),
+    )
+    if options.score_threshold is not None:
+        req.score_threshold = options.score_threshold
+    if options.iou_threshold is not None:
+        req.iou_threshold = options.iou_threshold
+    if options.max_detections is not None:
+        req.max_detections = options.max_detections
+    return req
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class _SentTimes:
+    """Send time per frame id of a stream, so each reply gets its own round-trip latency.
+
+    Replies come in frame order, so a reply for frame f also settles every earlier frame that
+    the server dropped (policy `latest`)."""
+
+    def __init__(self) -> None:
+        self._sent: dict[int, float] = {}
+
+    def mark(self, frame_id: int) -> None:
+        self._sent[frame_id] = time.perf_counter()
+
+    def latency_ms(self, frame_id: int) -> float:
+        sent = self._sent.pop(frame_id, None)
+        for stale in [f for f in self._sent if f < frame_id]:
+            del self._sent[stale]
+        return 0.0 if sent is None else (time.perf_counter() - sent) * 1000.0
+
+
+class DetectClient:
+    """Blocking client. Use as a context manager or call close()."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float | None = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._stub = pb_grpc.DetectorStub(self._channel)
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Block until the channel connects; DetectError UNAVAILABLE after `timeout_s`."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise DetectError(
+                grpc.StatusCode.UNAVAILABLE, f"no server at {self.target} after {timeout_s}s"
+            ) from None
+
+    def detect(
+        self,
+        image: ImageInput | pb.Image,
+        options: DetectOptions | None = None,
+        request_id: str = "",
+        frame_id: int = 0,
+        timeout_s: float | None = None,
+    ) -> DetectResult:
+        """Detect objects in one image (file path, encoded bytes, numpy frame or pb.Image)."""
+        req = build_request(image, options or DetectOptions(), request_id, frame_id)
+        start = time.perf_counter()
+        try:
+            reply = self._stub.Detect(req, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as err:
+            raise DetectError.from_rpc_error(err) from None
+        return result_from_proto(reply, (time.perf_counter() - start) * 1000.0)
+
+    def stream(
+        self,
+        frames: Iterable[ImageInput | pb.Image],
+        options: DetectOptions | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[DetectResult]:
+        """Send frames over one DetectStream (frame ids 1, 2, ...) and yield replies in order.
+
+        A failed frame yields a result with `error` set; a failed stream raises DetectError."""
+        opts = options or DetectOptions()
+        sent = _SentTimes()
+
+        def requests() -> Iterator[pb.DetectRequest]:
+            for frame_id, frame in enumerate(frames, start=1):
+                req = build_request(frame, opts, frame_id=frame_id)
+                sent.mark(frame_id)
+                yield req
+
+        try:
+            for reply in self._stub.DetectStream(requests(), timeout=timeout_s):
+                yield result_from_proto(reply, sent.latency_ms(int(reply.frame_id)))
+        except grpc.RpcError as err:
+            raise DetectError.from_rpc_error(err) from None
+
+    def list_models(self) -> ModelList:
+        try:
+            reply = self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s)
+        except grpc.RpcError as err:
+            raise DetectError.from_rpc_error(err) from None
+        return ModelList(tuple(model_info_from_proto(m) for m in reply.models), reply.default_model)
+
+    def model_info(self, model: str = "") -> ModelInfo:
+        try:
+            reply = self._stub.GetModelInfo(
+                pb.GetModelInfoRequest(model=model), timeout=self.timeout_s
+            )
+        except grpc.RpcError as err:
+            raise DetectError.from_rpc_error(err) from None
+        return model_info_from_proto(reply)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> DetectClient:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncDetectClient:
+    """grpc.aio client; create it inside a running event loop. `async with` closes it."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float | None = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(
+            target, options=channel_options(max_message_bytes)
+        )
+        self._stub = pb_grpc.DetectorStub(self._channel)
+
+    @property
+    def stub(self) -> pb_grpc.DetectorStub:
+        """The raw stub, for callers (the load generator) that build requests themselves."""
+        return self._stub
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+        import asyncio
+
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
+        except TimeoutError:
+            raise DetectError(
+                grpc.StatusCode.UNAVAILABLE, f"no server at {self.target} after {timeout_s}s"
+            ) from None
+
+    async def detect(
+        self,
+        image: ImageInput | pb.Image,
+        options: DetectOptions | None = None,
+        request_id: str = "",
+        frame_id: int = 0,
+        timeout_s: float | None = None,
+    ) -> DetectResult:
+        req = build_request(image, options or DetectOptions(), request_id, frame_id)
+        start = time.perf_counter()
+        try:
+            reply = await self._stub.Detect(req, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as err:
+            raise DetectError.from_rpc_error(err) from None
+        return result_from_proto(reply, (time.perf_counter() - start) * 1000.0)
+
+    async def stream(
+        self,
+        frames: AsyncIterable[ImageInput | pb.Image] | Iterable[ImageInput | pb.Image],
+        options: DetectOptions | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[DetectResult]:
+        """Async iterator of replies for frames sent over one DetectStream (ids 1, 2, ...)."""
+        opts = options or DetectOptions()
+        sent = _SentTimes()
+
+        async def requests() -> AsyncIterator[pb.DetectRequest]:
+            frame_id = 0
+            async for frame in _aiter(frames):
+                frame_id += 1
+                req = build_request(frame, opts, frame_id=frame_id)
+                sent.mark(frame_id)
+                yield req
+
+        call = self._stub.DetectStream(requests(), timeout=timeout_s)
+        try:
+            async for reply in call:
+                yield result_from_proto(reply, sent.latency_ms(int(reply.frame_id)))
+        except grpc.RpcError as err:
+            raise DetectError.from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+    async def list_models(self) -> ModelList:
+        try:
+            reply = await self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s)
+        except grpc.RpcError as err:
+            raise DetectError.from_rpc_error(err) from None
+        return ModelList(tuple(model_info_from_proto(m) for m in reply.models), reply.default_model)
+
+    async def model_info(self, model: str = "") -> ModelInfo:
+        try:
+            reply = await self._stub.GetModelInfo(
+                pb.GetModelInfoRequest(model=model), timeout=self.timeout_s
+            )
+        except grpc.RpcError as err:
+            raise DetectError.from_rpc_error(err) from None
+        return model_info_from_proto(reply)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncDetectClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+async def _aiter(items: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
