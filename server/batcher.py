@@ -1,0 +1,365 @@
+"""Dynamic batching: collect single-image requests into engine batches.
+
+Rules (DESIGN.md "Batching semantics"):
+- The window opens when the first request of a batch is enqueued. A batch forms when
+  `max_batch_size` items are waiting, at once when a preferred batch size is reached, or when
+  `max_queue_delay_s` has passed since the first request. A delay of 0 means "take what is queued
+  now, never wait". One item is one image, so batches are counted in images.
+- The queue is bounded: `submit` raises `QueueFullError` at once instead of growing without limit.
+- Deadlines are checked when a request leaves the queue (and by a timer while it waits), so an
+  expired request never reaches `run_batch`.
+- A cancelled request is dropped before its batch runs.
+- `instances` worker threads: batch N+1 forms while batch N runs.
+- Each batch sits in one exception boundary: no future is ever left without an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class QueueFullError(Exception):
+    """The batcher's queue holds `max_queue_size` requests; maps to RESOURCE_EXHAUSTED."""
+
+
+class DeadlineExpiredError(Exception):
+    """The request's deadline passed before it left the queue; maps to DEADLINE_EXCEEDED."""
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher is stopping or stopped and takes no new requests; maps to UNAVAILABLE."""
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    # bool is an int subclass, but `max_batch_size: true` in YAML is a mistake, not a 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 8
+    max_queue_delay_s: float = 0.002
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 256
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        _check_int("max_batch_size", self.max_batch_size, 1)
+        _check_int("max_queue_size", self.max_queue_size, 1)
+        _check_int("instances", self.instances, 1)
+        delay = self.max_queue_delay_s
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+            or delay < 0
+        ):
+            raise ValueError(f"max_queue_delay_s must be a finite number >= 0, got {delay!r}")
+        sizes: Any = self.preferred_batch_sizes
+        if isinstance(sizes, str | bytes) or not isinstance(sizes, tuple | list):
+            raise ValueError(f"preferred_batch_sizes must be a list of integers, got {sizes!r}")
+        for size in sizes:
+            _check_int("each preferred batch size", size, 1)
+            if size > self.max_batch_size:
+                raise ValueError(
+                    f"preferred batch size {size} is larger than max_batch_size "
+                    f"{self.max_batch_size}"
+                )
+        # Normalised so that YAML lists and unsorted input compare and hash alike.
+        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(sizes))))
+
+
+@dataclass(frozen=True)
+class BatchOutcome(Generic[R]):
+    value: R
+    queue_s: float  # submit -> batch starts running
+    batch_size: int  # items in the engine batch
+    run_s: float  # wall time of run_batch for the whole batch
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T, R]):
+    """One waiting request (one image)."""
+
+    item: T
+    future: asyncio.Future[BatchOutcome[R]]
+    enqueued_at: float  # time.monotonic()
+    deadline: float | None  # time.monotonic() seconds
+    timer: asyncio.TimerHandle | None = field(default=None)
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+
+@dataclass(frozen=True)
+class _RunResult(Generic[R]):
+    results: object  # run_batch's return value, checked before use
+    run_s: float
+
+
+class Batcher(Generic[T, R]):
+    """Forms batches from `submit`ted items and runs them with `run_batch` in worker threads.
+
+    `run_batch` returns one entry per item: a value, or an Exception that fails only that item.
+    If it raises, every item of the batch fails with that exception and the batcher lives on.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], list[R | Exception]],
+        config: BatchingConfig,
+        name: str = "",
+    ) -> None:
+        self._run_batch = run_batch
+        self.config = config
+        self.name = name
+        self._queue: collections.deque[_Pending[T, R]] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._form_lock = asyncio.Lock()
+        self._workers: list[asyncio.Task[None]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._started = False
+        self._closing = False
+        self._draining = False
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError(f"batcher {self.name!r} is already started")
+        self._started = True
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.config.instances, thread_name_prefix=f"batcher-{self.name}"
+        )
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"batcher-{self.name}-{i}")
+            for i in range(self.config.instances)
+        ]
+
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, item: T, deadline: float | None = None) -> BatchOutcome[R]:
+        """Queue one item and wait for its result.
+
+        `deadline` is in time.monotonic() seconds. Raises QueueFullError at once when the queue is
+        full, DeadlineExpiredError when the deadline passes before the item leaves the queue,
+        BatcherClosedError once `stop` has begun.
+        """
+        if not self._started:
+            raise RuntimeError(f"batcher {self.name!r} is not started; await start() first")
+        if self._closing:
+            raise BatcherClosedError(f"batcher {self.name!r} is shutting down")
+        if len(self._queue) >= self.config.max_queue_size:
+            raise QueueFullError(
+                f"batcher {self.name!r} queue is full "
+                f"({self.config.max_queue_size} requests waiting)"
+            )
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise DeadlineExpiredError(
+                f"deadline passed {(now - deadline) * 1e3:.1f} ms before the request was queued"
+            )
+        loop = asyncio.get_running_loop()
+        pending: _Pending[T, R] = _Pending(item, loop.create_future(), now, deadline)
+        if deadline is not None:
+            pending.timer = loop.call_later(deadline - now, self._expire, pending)
+        self._queue.append(pending)
+        self._wakeup.set()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self._drop(pending)
+            raise
+
+    async def stop(self, drain: bool = True) -> None:
+        """Refuse new submits; with `drain`, run the queued items first, else fail them."""
+        self._closing = True
+        if drain:
+            self._draining = True
+        else:
+            while self._queue:
+                pending = self._queue.popleft()
+                self._settle_error(
+                    pending,
+                    BatcherClosedError(f"batcher {self.name!r} stopped before the request ran"),
+                )
+        self._wakeup.set()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # -- queue bookkeeping -------------------------------------------------------------------
+
+    def _drop(self, pending: _Pending[T, R]) -> None:
+        if pending.timer is not None:
+            pending.timer.cancel()
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return  # already taken into a batch or failed
+        self._wakeup.set()  # the window may have changed
+
+    def _expire(self, pending: _Pending[T, R]) -> None:
+        if pending.future.done():
+            return
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return  # already running: its result will come
+        self._settle_error(pending, self._deadline_error(pending, time.monotonic()))
+        self._wakeup.set()
+
+    @staticmethod
+    def _deadline_error(pending: _Pending[T, R], now: float) -> DeadlineExpiredError:
+        waited_ms = (now - pending.enqueued_at) * 1e3
+        return DeadlineExpiredError(
+            f"deadline expired after {waited_ms:.1f} ms in the queue, before the request ran"
+        )
+
+    @staticmethod
+    def _settle_error(pending: _Pending[T, R], exc: BaseException) -> None:
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+    def _prune(self, now: float) -> None:
+        """Drop cancelled requests and fail expired ones, keeping order."""
+        if all(not p.future.done() and not p.expired(now) for p in self._queue):
+            return
+        kept: collections.deque[_Pending[T, R]] = collections.deque()
+        for pending in self._queue:
+            if pending.future.done():
+                continue
+            if pending.expired(now):
+                self._settle_error(pending, self._deadline_error(pending, now))
+                continue
+            kept.append(pending)
+        self._queue = kept
+
+    # -- batch formation ---------------------------------------------------------------------
+
+    def _ready_size(self, now: float) -> int:
+        """How many items to take now; 0 means keep waiting."""
+        count = len(self._queue)
+        if count == 0:
+            return 0
+        cfg = self.config
+        if count >= cfg.max_batch_size:
+            return cfg.max_batch_size
+        window_end = self._queue[0].enqueued_at + cfg.max_queue_delay_s
+        if self._draining or now >= window_end:
+            return count
+        reached = [size for size in cfg.preferred_batch_sizes if size <= count]
+        return reached[-1] if reached else 0
+
+    async def _form_batch(self) -> list[_Pending[T, R]] | None:
+        """Wait for the next batch; None once the batcher is closing and the queue is empty."""
+        while True:
+            self._wakeup.clear()
+            now = time.monotonic()
+            self._prune(now)
+            if not self._queue and self._closing:
+                return None
+            size = self._ready_size(now)
+            if size:
+                return self._take(size)
+            timeout: float | None = None
+            if self._queue:
+                window_end = self._queue[0].enqueued_at + self.config.max_queue_delay_s
+                timeout = max(window_end - now, 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _take(self, size: int) -> list[_Pending[T, R]]:
+        batch: list[_Pending[T, R]] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < size:
+            pending = self._queue.popleft()
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if pending.future.done():
+                continue
+            if pending.expired(now):
+                self._settle_error(pending, self._deadline_error(pending, now))
+                continue
+            batch.append(pending)
+        return batch
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        try:
+            while True:
+                async with self._form_lock:
+                    batch = await self._form_batch()
+                if batch is None:
+                    return
+                if batch:
+                    await self._run(batch)
+        except Exception as exc:
+            # A bug here must not leave callers waiting forever on a queue nobody serves.
+            self._closing = True
+            while self._queue:
+                self._settle_error(self._queue.popleft(), exc)
+            raise
+
+    def _timed_run(self, items: list[T]) -> _RunResult[R]:
+        start = time.perf_counter()
+        results = self._run_batch(items)
+        return _RunResult(results, time.perf_counter() - start)
+
+    async def _run(self, batch: list[_Pending[T, R]]) -> None:
+        """Run one batch; every future in it is answered, whatever happens."""
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            run = await loop.run_in_executor(
+                self._executor, self._timed_run, [p.item for p in batch]
+            )
+            self._deliver(batch, run, started)
+        except Exception as exc:  # one boundary for the whole batch
+            for pending in batch:
+                self._settle_error(pending, exc)
+        finally:
+            for pending in batch:  # e.g. the worker task was cancelled mid-run
+                self._settle_error(
+                    pending,
+                    BatcherClosedError(f"batcher {self.name!r} ended before the batch answered"),
+                )
+
+    def _deliver(self, batch: list[_Pending[T, R]], run: _RunResult[R], started: float) -> None:
+        results = run.results
+        if not isinstance(results, list):
+            raise RuntimeError(f"run_batch must return a list, got {type(results).__name__}")
+        if len(results) != len(batch):
+            raise RuntimeError(
+                f"run_batch returned {len(results)} results for a batch of {len(batch)} items"
+            )
+        for pending, result in zip(batch, results, strict=True):
+            if pending.future.done():
+                continue  # cancelled while running
+            if isinstance(result, Exception):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(
+                    BatchOutcome(
+                        value=result,
+                        queue_s=started - pending.enqueued_at,
+                        batch_size=len(batch),
+                        run_s=run.run_s,
+                    )
+                )
