@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import zlib
+from typing import Any
 
 import cv2
 import numpy as np
@@ -46,7 +47,7 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
 
 
-def manifest(**pre: object) -> Manifest:
+def manifest(**pre: Any) -> Manifest:
     return Manifest(
         name="m",
         version="1",
