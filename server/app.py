@@ -1,0 +1,164 @@
+"""The gRPC server: Detector service, health checking, reflection, metrics, graceful drain.
+
+`start_server(config)` returns a running `Server` (tests use it on 127.0.0.1:0);
+`serve(config)` runs until SIGTERM/SIGINT, then drains: health goes NOT_SERVING, new requests are
+refused with UNAVAILABLE, requests in flight are answered (up to `drain_grace_s`), the batchers
+finish and stop, and the coroutine returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from detserve.protos import detection_pb2 as pb
+from detserve.protos import detection_pb2_grpc as pb_grpc
+from detserve.server.config import ServerConfig
+from detserve.server.detect import DetectCore, RequestRecord
+from detserve.server.errors import RequestError
+from detserve.server.observe import UNKNOWN_MODEL, RequestObserver, build_observer
+from detserve.server.registry import EngineFactory, ModelRegistry, default_engine_factory
+from detserve.server.service import DetectorService
+from detserve.server.streams import StreamSettings
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Detector"].full_name
+HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class ServerStartError(RuntimeError):
+    """The server could not bind its address."""
+
+
+class Server:
+    """A running server. `port` is the bound port (useful with port 0)."""
+
+    def __init__(
+        self,
+        grpc_server: grpc.aio.Server,
+        port: int,
+        registry: ModelRegistry,
+        service: DetectorService,
+        health: HealthServicer,
+        observer: RequestObserver,
+    ) -> None:
+        self.grpc_server = grpc_server
+        self.port = port
+        self.registry = registry
+        self.service = service
+        self.health = health
+        self.observer = observer
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.observer.metrics_port
+
+    async def stop(self, grace_s: float | None = 5.0) -> None:
+        """Drain and stop: refuse new calls, answer the ones in flight, stop the batchers."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            self.service.draining = True
+            await self.health.enter_graceful_shutdown()
+            await self.grpc_server.stop(grace_s)
+            await self.registry.stop(drain=True)
+        finally:
+            self.observer.close()
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def start_server(
+    config: ServerConfig,
+    engine_factory: EngineFactory = default_engine_factory,
+    on_stream_drop: Callable[[str], None] | None = None,
+) -> Server:
+    """Load the models, bind `config.address` and start serving."""
+    registry = await ModelRegistry.start(config, engine_factory)
+    observer = build_observer(config)
+    try:
+        return await _start(config, registry, observer, on_stream_drop)
+    except BaseException:
+        observer.close()
+        await registry.stop(drain=False)
+        raise
+
+
+async def _start(
+    config: ServerConfig,
+    registry: ModelRegistry,
+    observer: RequestObserver,
+    on_stream_drop: Callable[[str], None] | None,
+) -> Server:
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+    ])
+
+    def dropped(model: str) -> None:
+        try:
+            label = registry.resolve(model).key
+        except RequestError:
+            label = UNKNOWN_MODEL
+        observer.stream_drop(label)
+        if on_stream_drop is not None:
+            on_stream_drop(model)
+
+    def record(rec: RequestRecord) -> None:
+        observer.request(rec, registry)
+
+    core = DetectCore(registry, config.max_pixels, record)
+    streams = StreamSettings(config.stream_policy, config.stream_max_in_flight, dropped)
+    service = DetectorService(registry, core, streams)
+    pb_grpc.add_DetectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(config.address)
+    if port == 0:
+        raise ServerStartError(f"could not bind gRPC address {config.address!r}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Server(server, port, registry, service, health, observer)
+
+
+async def serve(
+    config: ServerConfig, ready: Callable[[Server], None] | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return (the process then exits 0)."""
+    server = await start_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server.observer.event(
+        "listening",
+        address=f"{config.host}:{server.port}",
+        metrics_port=server.metrics_port,
+        models=sorted(server.registry.models),
+        default_model=server.registry.default.key,
+    )
+    if ready is not None:
+        ready(server)
+    try:
+        await stop.wait()
+        server.observer.event("draining", grace_s=config.drain_grace_s)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop(config.drain_grace_s)
+    server.observer.event("stopped")

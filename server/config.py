@@ -1,0 +1,289 @@
+"""Server configuration: YAML file, then environment (`DETSERVE_*`), then CLI flags.
+
+Precedence is flags > env > file > defaults. Every validation error names the field and the value
+it got. Model package paths that are relative are resolved against the config file's directory;
+`builtin:<dir>` names a package shipped inside `detserve.models` (`models/packages/<dir>`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detserve.server.batcher import BatchingConfig
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+BUILTIN_PREFIX = "builtin:"
+STREAM_POLICIES = ("block", "latest")
+ENV_PREFIX = "DETSERVE_"
+
+
+class ConfigError(ValueError):
+    """A configuration field is missing or has a bad value."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One served model. `name`/`variant` of None fall back to the manifest (name, input size)."""
+
+    package: Path
+    name: str | None = None
+    variant: str | None = None
+    engine: str = "onnxruntime"
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 50051
+    max_message_bytes: int = 16 * 1024 * 1024
+    # Decoded-pixel limit, checked from the image header before decoding (bomb guard).
+    max_pixels: int = 40_000_000
+    metrics_port: int | None = None  # 0 = ephemeral, None = no Prometheus endpoint
+    stream_policy: str = "block"
+    # `block` policy: frames of one stream being processed at once before reading stops.
+    stream_max_in_flight: int = 4
+    drain_grace_s: float = 10.0
+    log_requests: bool = True
+    models: tuple[ModelConfig, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+SCALAR_FIELDS = tuple(f.name for f in fields(ServerConfig) if f.name != "models")
+
+
+def resolve_package(value: Any, base_dir: Path, where: str) -> Path:
+    """A package path from the config: `builtin:<dir>`, absolute, or relative to `base_dir`."""
+    if not isinstance(value, str | Path) or not str(value):
+        raise ConfigError(f"config field '{where}' must be a path, got {value!r}")
+    text = str(value)
+    if text.startswith(BUILTIN_PREFIX):
+        import detserve.models
+
+        name = text[len(BUILTIN_PREFIX) :]
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"config field '{where}' names a bad builtin package: {text!r}")
+        return Path(detserve.models.__file__).parent / "packages" / name
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def _int(value: Any, where: str, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = int(value)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if not ok or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"config field '{where}' must be an integer {bound}, got {value!r}")
+    return int(value)
+
+
+def _float(value: Any, where: str, minimum: float) -> float:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"config field '{where}' must be a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no",
+                                                      "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ConfigError(f"config field '{where}' must be true or false, got {value!r}")
+
+
+def _optional_port(value: Any, where: str) -> int | None:
+    if value is None or (isinstance(value, str) and value.lower() in ("", "none", "off")):
+        return None
+    return _int(value, where, 0, 65535)
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"config field '{where}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config field '{where}' must be a mapping, got {value!r}")
+    return value
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"config {where} has unknown field(s) {unknown}; allowed: {sorted(allowed)}"
+        )
+
+
+def parse_batching(raw: Any, where: str) -> BatchingConfig:
+    raw = _mapping(raw, where)
+    keys = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size",
+            "instances")
+    _check_keys(raw, keys, f"'{where}'")
+    d = BatchingConfig()
+    max_batch = _int(raw.get("max_batch_size", d.max_batch_size), f"{where}.max_batch_size", 1)
+    preferred = raw.get("preferred_batch_sizes", list(d.preferred_batch_sizes)) or []
+    if not isinstance(preferred, list):
+        raise ConfigError(
+            f"config field '{where}.preferred_batch_sizes' must be a list, got {preferred!r}"
+        )
+    sizes = tuple(
+        _int(p, f"{where}.preferred_batch_sizes", 1, max_batch) for p in preferred
+    )
+    delay_ms = _float(
+        raw.get("max_queue_delay_ms", d.max_queue_delay_s * 1000), f"{where}.max_queue_delay_ms",
+        0.0,
+    )
+    try:
+        return BatchingConfig(
+            max_batch_size=max_batch,
+            max_queue_delay_s=delay_ms / 1000.0,
+            preferred_batch_sizes=sizes,
+            max_queue_size=_int(raw.get("max_queue_size", d.max_queue_size),
+                                f"{where}.max_queue_size", 1),
+            instances=_int(raw.get("instances", d.instances), f"{where}.instances", 1),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"config field '{where}': {exc}") from exc
+
+
+def parse_model(raw: Any, where: str, base_dir: Path) -> ModelConfig:
+    raw = _mapping(raw, where)
+    keys = ("name", "variant", "package", "engine", "engine_options", "batching", "default")
+    _check_keys(raw, keys, f"'{where}'")
+    if "package" not in raw:
+        raise ConfigError(f"config field '{where}.package' is required but missing")
+    name = raw.get("name")
+    variant = raw.get("variant")
+    if name is not None and ("@" in str(name) or not str(name)):
+        raise ConfigError(f"config field '{where}.name' must be non-empty without '@', "
+                          f"got {name!r}")
+    if variant is not None and ("@" in str(variant) or not str(variant)):
+        raise ConfigError(f"config field '{where}.variant' must be non-empty without '@', "
+                          f"got {variant!r}")
+    return ModelConfig(
+        package=resolve_package(raw["package"], base_dir, f"{where}.package"),
+        name=None if name is None else str(name),
+        variant=None if variant is None else str(variant),
+        engine=_str(raw.get("engine", "onnxruntime"), f"{where}.engine"),
+        engine_options=dict(_mapping(raw.get("engine_options"), f"{where}.engine_options")),
+        batching=parse_batching(raw.get("batching"), f"{where}.batching"),
+        default=_bool(raw.get("default", False), f"{where}.default"),
+    )
+
+
+def _scalar(name: str, value: Any) -> Any:
+    where = name
+    if name == "host":
+        return _str(value, where)
+    if name == "port":
+        return _int(value, where, 0, 65535)
+    if name == "metrics_port":
+        return _optional_port(value, where)
+    if name in ("max_message_bytes", "max_pixels"):
+        return _int(value, where, 1)
+    if name == "stream_max_in_flight":
+        return _int(value, where, 1)
+    if name == "drain_grace_s":
+        return _float(value, where, 0.0)
+    if name == "log_requests":
+        return _bool(value, where)
+    if name == "stream_policy":
+        if value not in STREAM_POLICIES:
+            raise ConfigError(
+                f"config field 'stream_policy' must be one of {list(STREAM_POLICIES)}, "
+                f"got {value!r}"
+            )
+        return value
+    raise ConfigError(f"unknown config field {name!r}; allowed: {sorted(SCALAR_FIELDS)}")
+
+
+def parse_config(raw: Any, base_dir: Path) -> ServerConfig:
+    """Validate a config mapping (as read from YAML)."""
+    raw = _mapping(raw, "<top level>")
+    _check_keys(raw, (*SCALAR_FIELDS, "models"), "file")
+    scalars = {k: _scalar(k, v) for k, v in raw.items() if k != "models"}
+    models_raw = raw.get("models") or []
+    if not isinstance(models_raw, list):
+        raise ConfigError(f"config field 'models' must be a list, got {models_raw!r}")
+    models = tuple(parse_model(m, f"models[{i}]", base_dir) for i, m in enumerate(models_raw))
+    return ServerConfig(models=models, **scalars)
+
+
+def load_file(path: Path) -> ServerConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    return parse_config(raw or {}, path.parent.resolve())
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """`DETSERVE_<FIELD>` values for the scalar fields (DETSERVE_CONFIG is read by the caller)."""
+    found = {}
+    for name in SCALAR_FIELDS:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            found[name] = _scalar(name, env[key]) if name != "host" else env[key]
+    return found
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    models: Sequence[ModelConfig] = (),
+) -> ServerConfig:
+    """The effective config: file (`path`, else $DETSERVE_CONFIG, else default.yaml), then env,
+    then `overrides` (CLI flags; None values are ignored). `models`, if given, replace the
+    file's."""
+    env = env or {}
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = Path(env[ENV_PREFIX + "CONFIG"])
+    config = load_file(path if path is not None else DEFAULT_CONFIG)
+    updates = env_overrides(env)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            updates[name] = _scalar(name, value)
+    config = replace(config, **updates)
+    if models:
+        config = replace(config, models=tuple(models))
+    return validate(config)
+
+
+def validate(config: ServerConfig) -> ServerConfig:
+    """Whole-config checks: at least one model, at most one default."""
+    if not config.models:
+        raise ConfigError("config field 'models' must list at least one model, got []")
+    defaults = [i for i, m in enumerate(config.models) if m.default]
+    if len(defaults) > 1:
+        raise ConfigError(
+            f"config field 'models[*].default' may be true for one model only, "
+            f"got models {defaults}"
+        )
+    return config

@@ -1,0 +1,204 @@
+"""The request path shared by `Detect` and `DetectStream`: validate, decode, batch, reply.
+
+`DetectCore.detect` either returns a `DetectResponse` or raises `RequestError` with the status the
+caller sees; every outcome, good or bad, is reported once to the observer (metrics + log line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from detserve.engines.base import DecodeParams, PreparedImage
+from detserve.engines.manifest import Manifest
+from detserve.engines.preprocess import decode_encoded, decode_raw, prepare
+from detserve.protos import detection_pb2 as pb
+from detserve.server.errors import RequestError, invalid, to_request_error
+from detserve.server.registry import BatchItem, ItemResult, ModelRegistry, ServedModel
+
+PIXEL_FORMAT_NAMES = {
+    pb.PIXEL_FORMAT_RGB8: "RGB8",
+    pb.PIXEL_FORMAT_BGR8: "BGR8",
+    pb.PIXEL_FORMAT_GRAY8: "GRAY8",
+}
+
+
+@dataclass
+class RequestRecord:
+    """Everything the metrics and the per-request log line need about one finished request."""
+
+    request_id: str
+    frame_id: int
+    model: str  # "name@variant", or what the caller asked for if it did not resolve
+    code: grpc.StatusCode
+    message: str = ""
+    stream: bool = False
+    batch_size: int = 0
+    queue_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    total_ms: float = 0.0
+    detections: int = 0
+    max_score: float = 0.0
+    image_width: int = 0
+    image_height: int = 0
+    scores: tuple[float, ...] = ()
+
+
+Observer = Callable[[RequestRecord], None]
+
+
+def _check_range(name: str, value: float, low: float, high: float, low_open: bool) -> float:
+    inside = math.isfinite(value) and (low < value if low_open else low <= value) and value <= high
+    if not inside:
+        bounds = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+        raise invalid(f"{name} must be in {bounds}, got {value!r}")
+    return float(value)
+
+
+def decode_params(request: pb.DetectRequest, model: ServedModel) -> DecodeParams:
+    """The request's postprocessing settings, manifest defaults for unset fields; range-checked."""
+    defaults = DecodeParams.from_manifest(model.manifest)
+    score, iou, top = defaults.score_threshold, defaults.iou_threshold, defaults.max_detections
+    if request.HasField("score_threshold"):
+        score = _check_range("score_threshold", request.score_threshold, 0.0, 1.0, False)
+    if request.HasField("iou_threshold"):
+        iou = _check_range("iou_threshold", request.iou_threshold, 0.0, 1.0, True)
+    if request.HasField("max_detections"):
+        if request.max_detections < 1:
+            raise invalid(f"max_detections must be >= 1, got {request.max_detections}")
+        top = int(request.max_detections)
+    classes: frozenset[int] | None = None
+    if request.class_ids:
+        nc = model.manifest.num_classes
+        bad = sorted({c for c in request.class_ids if c >= nc})
+        if bad:
+            raise invalid(
+                f"class_ids {bad} out of range: model {model.key} has {nc} classes "
+                f"(ids 0..{nc - 1})"
+            )
+        classes = frozenset(int(c) for c in request.class_ids)
+    return DecodeParams(score, iou, top, classes)
+
+
+def decode_image(image: pb.Image, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """The request image as HxWx3 uint8 RGB; ImageError (INVALID_ARGUMENT) if it is bad."""
+    source = image.WhichOneof("source")
+    if source == "encoded":
+        return decode_encoded(image.encoded, max_pixels)
+    if source == "raw":
+        raw = image.raw
+        fmt = PIXEL_FORMAT_NAMES.get(raw.pixel_format)
+        if fmt is None:
+            raise invalid(
+                f"raw frame pixel_format {pb.PixelFormat.Name(raw.pixel_format)} is not "
+                f"supported; use one of {sorted(PIXEL_FORMAT_NAMES.values())}"
+            )
+        return decode_raw(raw.data, raw.height, raw.width, fmt, max_pixels)
+    raise invalid("image is required: set image.encoded (JPEG/PNG bytes) or image.raw")
+
+
+def _prepare(image: pb.Image, manifest: Manifest, max_pixels: int) -> PreparedImage:
+    return prepare(decode_image(image, max_pixels), manifest)
+
+
+def build_response(
+    request: pb.DetectRequest, model: ServedModel, result: ItemResult
+) -> pb.DetectResponse:
+    dets = result.detections
+    classes = model.manifest.classes
+    response = pb.DetectResponse(
+        request_id=request.request_id,
+        frame_id=request.frame_id,
+        model=model.key,
+        model_version=model.manifest.version,
+        nms=model.manifest.nms,
+    )
+    for box, score, cid in zip(
+        dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(), strict=True
+    ):
+        label = classes[cid] if 0 <= cid < len(classes) else f"class_{cid}"
+        x1, y1, x2, y2 = box
+        response.detections.append(pb.Detection(
+            class_id=cid, label=label, score=score, box=pb.Box(x1=x1, y1=y1, x2=x2, y2=y2)
+        ))
+    return response
+
+
+class DetectCore:
+    def __init__(self, registry: ModelRegistry, max_pixels: int, observer: Observer) -> None:
+        self.registry = registry
+        self.max_pixels = max_pixels
+        self.observer = observer
+
+    async def detect(
+        self, request: pb.DetectRequest, deadline: float | None, stream: bool = False
+    ) -> pb.DetectResponse:
+        """Run one request; raises RequestError. `deadline` is in time.monotonic() seconds."""
+        arrived = time.perf_counter()
+        record = RequestRecord(request.request_id, request.frame_id, request.model,
+                               grpc.StatusCode.OK, stream=stream)
+        try:
+            response = await self._run(request, deadline, record)
+        except asyncio.CancelledError:
+            record.code, record.message = grpc.StatusCode.CANCELLED, "cancelled by the caller"
+            raise
+        except Exception as exc:
+            error = to_request_error(exc)
+            record.code, record.message = error.code, error.message
+            raise error from exc
+        finally:
+            record.total_ms = (time.perf_counter() - arrived) * 1e3
+            self.observer(record)
+        response.timing.total_ms = (time.perf_counter() - arrived) * 1e3
+        return response
+
+    async def _run(
+        self, request: pb.DetectRequest, deadline: float | None, record: RequestRecord
+    ) -> pb.DetectResponse:
+        model = self.registry.resolve(request.model)
+        record.model = model.key
+        params = decode_params(request, model)
+        start = time.perf_counter()
+        prepared = await asyncio.to_thread(
+            _prepare, request.image, model.manifest, self.max_pixels
+        )
+        record.preprocess_ms = (time.perf_counter() - start) * 1e3
+        box = prepared.letterbox
+        record.image_width, record.image_height = box.orig_width, box.orig_height
+        outcome = await model.batcher.submit(
+            BatchItem(prepared.tensor, prepared.letterbox, params), deadline
+        )
+        result = outcome.value
+        response = build_response(request, model, result)
+        response.batch_size = outcome.batch_size
+        response.image_width, response.image_height = box.orig_width, box.orig_height
+        timing = response.timing
+        timing.queue_ms = outcome.queue_s * 1e3
+        timing.preprocess_ms = record.preprocess_ms
+        timing.inference_ms = result.inference_s * 1e3
+        timing.postprocess_ms = result.postprocess_s * 1e3
+        record.batch_size = outcome.batch_size
+        record.queue_ms, record.inference_ms = timing.queue_ms, timing.inference_ms
+        record.postprocess_ms = timing.postprocess_ms
+        record.scores = tuple(result.detections.scores.tolist())
+        record.detections = len(record.scores)
+        record.max_score = max(record.scores, default=0.0)
+        return response
+
+
+def deadline_from(context: grpc.aio.ServicerContext[object, object]) -> float | None:
+    """The call's gRPC deadline as time.monotonic() seconds (None: the caller set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+__all__ = ["DetectCore", "RequestError", "RequestRecord", "deadline_from"]

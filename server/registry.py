@@ -1,0 +1,224 @@
+"""The served models: per `name@variant` its engines (one per batcher instance), batcher, manifest.
+
+`run_batch` runs in a batcher worker thread: it takes a free engine, stacks the batch, runs the
+engine and decodes the outputs with the engine's own manifest (an engine may change the output
+format, e.g. GPU NMS engines emit end2end). A decode failure fails only its item; an engine
+failure raises, so the batcher fails that batch (INTERNAL) and lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from detserve.engines.base import DecodeParams, Engine, Letterbox
+from detserve.engines.decode import decode_batch
+from detserve.engines.detections import Detections
+from detserve.engines.manifest import Manifest, ManifestError, ModelPackage, load_package
+from detserve.server.batcher import Batcher
+from detserve.server.config import ConfigError, ModelConfig, ServerConfig
+from detserve.server.errors import RequestError
+
+EngineFactory = Callable[[ModelPackage, str, Mapping[str, Any]], Engine]
+
+
+def default_engine_factory(package: ModelPackage, kind: str, options: Mapping[str, Any]) -> Engine:
+    from detserve.engines.factory import create_engine
+
+    return create_engine(package, kind, options)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One prepared image waiting for the engine."""
+
+    tensor: npt.NDArray[np.float32]
+    letterbox: Letterbox
+    params: DecodeParams
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    detections: Detections
+    inference_s: float  # engine run of the whole batch
+    postprocess_s: float  # output decoding of the whole batch
+
+
+class EnginePool:
+    """Engines shared by the batcher's worker threads: each run borrows a free one."""
+
+    def __init__(self, engines: Sequence[Engine]) -> None:
+        if not engines:
+            raise ValueError("an engine pool needs at least one engine, got 0")
+        self.engines = list(engines)
+        self._free: queue.SimpleQueue[Engine] = queue.SimpleQueue()
+        for engine in self.engines:
+            self._free.put(engine)
+
+    def run_batch(self, items: list[BatchItem]) -> list[ItemResult | Exception]:
+        engine = self._free.get()
+        try:
+            return run_on_engine(engine, items)
+        finally:
+            self._free.put(engine)
+
+    def close(self) -> None:
+        for engine in self.engines:
+            engine.close()
+
+
+def _decode_each(
+    outputs: Sequence[npt.NDArray[Any]], manifest: Manifest, items: Sequence[BatchItem]
+) -> list[Detections | Exception]:
+    """Decode item by item, so one bad item does not fail its neighbours."""
+    results: list[Detections | Exception] = []
+    for i, item in enumerate(items):
+        try:
+            sliced = [out[i : i + 1] for out in outputs]
+            results.append(decode_batch(sliced, manifest, [item.letterbox], [item.params])[0])
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def run_on_engine(engine: Engine, items: list[BatchItem]) -> list[ItemResult | Exception]:
+    batch = np.stack([item.tensor for item in items])
+    start = time.perf_counter()
+    outputs = engine.infer(batch)  # raising here fails the whole batch: INTERNAL
+    inferred = time.perf_counter()
+    manifest = engine.manifest
+    decoded: list[Detections | Exception]
+    try:
+        decoded = list(decode_batch(
+            outputs, manifest, [i.letterbox for i in items], [i.params for i in items]
+        ))
+    except Exception:
+        decoded = _decode_each(outputs, manifest, items)
+    post_s = time.perf_counter() - inferred
+    infer_s = inferred - start
+    return [
+        d if isinstance(d, Exception) else ItemResult(d, infer_s, post_s) for d in decoded
+    ]
+
+
+@dataclass
+class ServedModel:
+    key: str  # "name@variant"
+    name: str
+    variant: str
+    config: ModelConfig
+    manifest: Manifest  # of the engines: what preprocessing and the reply use
+    engine_kind: str
+    pool: EnginePool
+    batcher: Batcher[BatchItem, ItemResult]
+    is_default: bool = False
+
+
+def _variant_of(manifest: Manifest) -> str:
+    w, h = manifest.input_width, manifest.input_height
+    return str(w) if w == h else f"{w}x{h}"
+
+
+def _load(index: int, cfg: ModelConfig, factory: EngineFactory) -> list[Engine]:
+    where = f"models[{index}]"
+    try:
+        package = load_package(cfg.package)
+    except ManifestError as exc:
+        raise ConfigError(f"config field '{where}.package' ({cfg.package}): {exc}") from exc
+    limit = package.manifest.max_batch_size
+    if cfg.batching.max_batch_size > limit:
+        raise ConfigError(
+            f"config field '{where}.batching.max_batch_size' is {cfg.batching.max_batch_size}, "
+            f"above the model's input.max_batch_size {limit}"
+        )
+    try:
+        return [factory(package, cfg.engine, cfg.engine_options)
+                for _ in range(cfg.batching.instances)]
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(
+            f"config field '{where}.engine' ({cfg.engine!r}, options "
+            f"{dict(cfg.engine_options)}) could not create an engine: {exc}"
+        ) from exc
+
+
+class ModelRegistry:
+    """Resolves request model strings to served models and owns their lifecycles."""
+
+    def __init__(self, models: Sequence[ServedModel]) -> None:
+        self.models = {m.key: m for m in models}
+        self.default = next(m for m in models if m.is_default)
+
+    @classmethod
+    async def start(
+        cls, config: ServerConfig, factory: EngineFactory = default_engine_factory
+    ) -> ModelRegistry:
+        served: list[ServedModel] = []
+        try:
+            for index, cfg in enumerate(config.models):
+                engines = await asyncio.to_thread(_load, index, cfg, factory)
+                model = _served(cfg, engines)
+                served.append(model)
+                if sum(m.key == model.key for m in served) > 1:
+                    raise ConfigError(
+                        f"config field 'models[{index}]' serves {model.key!r} a second time"
+                    )
+                await model.batcher.start()
+        except BaseException:
+            await _stop_all(served, drain=False)
+            raise
+        if not any(m.is_default for m in served):
+            served[0].is_default = True
+        return cls(served)
+
+    def resolve(self, model: str) -> ServedModel:
+        """"" -> server default; "name@variant" exactly; "name" -> that name's default variant."""
+        if not model:
+            return self.default
+        found = self.models.get(model)
+        if found is None and "@" not in model:
+            named = [m for m in self.models.values() if m.name == model]
+            found = next((m for m in named if m.is_default), named[0] if named else None)
+        if found is None:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {model!r}; served models: {sorted(self.models)}",
+            )
+        return found
+
+    async def stop(self, drain: bool = True) -> None:
+        await _stop_all(list(self.models.values()), drain)
+
+
+def _served(cfg: ModelConfig, engines: list[Engine]) -> ServedModel:
+    manifest = engines[0].manifest
+    name = cfg.name or manifest.name
+    variant = cfg.variant or _variant_of(manifest)
+    pool = EnginePool(engines)
+    key = f"{name}@{variant}"
+    return ServedModel(
+        key=key,
+        name=name,
+        variant=variant,
+        config=cfg,
+        manifest=manifest,
+        engine_kind=engines[0].kind,
+        pool=pool,
+        batcher=Batcher(pool.run_batch, cfg.batching, name=key),
+        is_default=cfg.default,
+    )
+
+
+async def _stop_all(models: Sequence[ServedModel], drain: bool) -> None:
+    for model in models:
+        try:
+            await model.batcher.stop(drain=drain)
+        finally:
+            await asyncio.to_thread(model.pool.close)

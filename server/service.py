@@ -1,0 +1,105 @@
+"""The `detserve.v1.Detector` servicer: Detect, DetectStream (see streams.py), ListModels,
+GetModelInfo. Failures leave through `context.abort` with the status that `errors.py` chose."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TypeAlias
+
+import grpc
+
+from detserve.protos import detection_pb2 as pb
+from detserve.protos import detection_pb2_grpc as pb_grpc
+from detserve.server.detect import DetectCore, deadline_from
+from detserve.server.errors import RequestError
+from detserve.server.registry import ModelRegistry, ServedModel
+from detserve.server.streams import StreamSettings, run_stream
+
+Context: TypeAlias = grpc.aio.ServicerContext[pb.DetectRequest, pb.DetectResponse]
+
+
+def model_info(model: ServedModel) -> pb.ModelInfo:
+    m = model.manifest
+    pre = m.preprocess
+    batching = model.config.batching
+    return pb.ModelInfo(
+        name=model.key,
+        version=m.version,
+        classes=list(m.classes),
+        input_width=m.input_width,
+        input_height=m.input_height,
+        preprocessing=pb.Preprocessing(
+            color_order=pre.color_order,
+            resize=pre.resize,
+            pad_value=pre.pad_value,
+            scale=pre.scale,
+            mean=list(pre.mean),
+            std=list(pre.std),
+        ),
+        output_format=m.output_format,
+        precision=m.precision,
+        engine=model.engine_kind,
+        score_threshold=m.postprocess.score_threshold,
+        iou_threshold=m.postprocess.iou_threshold,
+        max_detections=m.postprocess.max_detections,
+        batching=pb.BatchingSettings(
+            max_batch_size=batching.max_batch_size,
+            max_queue_delay_ms=batching.max_queue_delay_s * 1e3,
+            preferred_batch_sizes=list(batching.preferred_batch_sizes),
+            max_queue_size=batching.max_queue_size,
+            instances=batching.instances,
+        ),
+        is_default=model.is_default,
+        nms=m.nms,
+        metadata={str(k): str(v) for k, v in m.metadata.items()},
+    )
+
+
+class DetectorService(pb_grpc.DetectorServicer):
+    def __init__(
+        self, registry: ModelRegistry, core: DetectCore, streams: StreamSettings
+    ) -> None:
+        self.registry = registry
+        self.core = core
+        self.streams = streams
+        self.draining = False
+
+    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext[object, object]) -> None:
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down (draining)")
+
+    async def Detect(self, request: pb.DetectRequest, context: Context) -> pb.DetectResponse:
+        await self._refuse_if_draining(context)
+        try:
+            return await self.core.detect(request, deadline_from(context))
+        except RequestError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # abort raises; this line only satisfies the type checker
+
+    async def DetectStream(
+        self, request_iterator: AsyncIterator[pb.DetectRequest], context: Context
+    ) -> AsyncIterator[pb.DetectResponse]:
+        await self._refuse_if_draining(context)
+        async for response in run_stream(request_iterator, context, self.core, self.streams):
+            yield response
+
+    async def ListModels(
+        self,
+        request: pb.ListModelsRequest,
+        context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[model_info(m) for m in self.registry.models.values()],
+            default_model=self.registry.default.key,
+        )
+
+    async def GetModelInfo(
+        self,
+        request: pb.GetModelInfoRequest,
+        context: grpc.aio.ServicerContext[pb.GetModelInfoRequest, pb.ModelInfo],
+    ) -> pb.ModelInfo:
+        try:
+            return model_info(self.registry.resolve(request.model))
+        except RequestError as exc:
+            await context.abort(exc.code, exc.message)
+            raise

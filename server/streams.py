@@ -1,0 +1,180 @@
+"""DetectStream: one reply per frame, in frame order, each with its own status.
+
+Two policies, chosen per stream by the call metadata `detserve-stream-policy: block|latest`
+(default from the server config):
+
+- `block`: at most `max_in_flight` frames of the stream are being processed; when that many are
+  waiting, the server stops reading the stream, so gRPC flow control pushes back on the sender.
+  Every frame gets a reply.
+- `latest`: one frame at a time is processed. Frames that arrive meanwhile replace the pending
+  one (a live camera wants the freshest frame, not a growing queue). Each reply's
+  `dropped_frames` counts the frames dropped since the previous reply.
+
+A bad frame gets a non-OK `status` in its reply; the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from google.rpc import status_pb2
+
+from detserve.protos import detection_pb2 as pb
+from detserve.server.detect import DetectCore, deadline_from
+from detserve.server.errors import RequestError, invalid, status_code_number
+
+POLICY_KEY = "detserve-stream-policy"
+POLICIES = ("block", "latest")
+
+
+def _ignore_drop(model: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    default_policy: str = "block"
+    max_in_flight: int = 4
+    # Called once per frame dropped by the `latest` policy, with the model the stream asked for.
+    on_drop: Callable[[str], None] = field(default=_ignore_drop)
+
+
+def stream_policy(context: grpc.aio.ServicerContext[object, object], default: str) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == POLICY_KEY:
+            text = value.decode() if isinstance(value, bytes) else value
+            if text not in POLICIES:
+                raise invalid(f"metadata {POLICY_KEY} must be one of {list(POLICIES)}, "
+                              f"got {text!r}")
+            return text
+    return default
+
+
+async def _answer(
+    core: DetectCore, request: pb.DetectRequest, deadline: float | None
+) -> pb.DetectResponse:
+    try:
+        response = await core.detect(request, deadline, stream=True)
+        response.status.CopyFrom(status_pb2.Status(code=0))
+    except RequestError as exc:
+        response = pb.DetectResponse(
+            request_id=request.request_id,
+            frame_id=request.frame_id,
+            status=status_pb2.Status(code=status_code_number(exc.code), message=exc.message),
+        )
+    return response
+
+
+async def _block(
+    requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
+    max_in_flight: int,
+) -> AsyncIterator[pb.DetectResponse]:
+    slots = asyncio.Semaphore(max_in_flight)
+    # Unbounded, but never longer than max_in_flight + 1: the semaphore bounds the reader.
+    order: asyncio.Queue[asyncio.Task[pb.DetectResponse] | None] = asyncio.Queue()
+    failure: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            while True:
+                await slots.acquire()  # no free slot: stop reading (backpressure)
+                request = await anext(requests, None)
+                if request is None:
+                    return
+                order.put_nowait(asyncio.create_task(_answer(core, request, deadline)))
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            order.put_nowait(None)
+
+    reading = asyncio.create_task(reader())
+    try:
+        while (task := await order.get()) is not None:
+            yield await task
+            slots.release()
+        if failure:
+            raise failure[0]
+    finally:
+        reading.cancel()
+        while not order.empty():
+            leftover = order.get_nowait()
+            if leftover is not None:
+                leftover.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+
+
+@dataclass
+class _Latest:
+    pending: pb.DetectRequest | None = None
+    dropped: int = 0
+    done: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _latest(
+    requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
+    on_drop: Callable[[str], None],
+) -> AsyncIterator[pb.DetectResponse]:
+    state = _Latest()
+    failure: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            async for request in requests:
+                if state.pending is not None:
+                    state.dropped += 1
+                    on_drop(state.pending.model)
+                state.pending = request
+                state.wake.set()
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            state.done = True
+            state.wake.set()
+
+    reading = asyncio.create_task(reader())
+    try:
+        while True:
+            request = state.pending
+            if request is None:
+                if state.done:
+                    break
+                state.wake.clear()
+                await state.wake.wait()
+                continue
+            state.pending = None
+            response = await _answer(core, request, deadline)
+            response.dropped_frames, state.dropped = state.dropped, 0
+            yield response
+        if failure:
+            raise failure[0]
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+
+
+async def run_stream(
+    requests: AsyncIterator[pb.DetectRequest],
+    context: grpc.aio.ServicerContext[pb.DetectRequest, pb.DetectResponse],
+    core: DetectCore,
+    settings: StreamSettings,
+) -> AsyncIterator[pb.DetectResponse]:
+    try:
+        policy = stream_policy(context, settings.default_policy)
+    except RequestError as exc:
+        await context.abort(exc.code, exc.message)
+        raise
+    deadline = deadline_from(context)
+    replies = (
+        _block(requests, core, deadline, settings.max_in_flight)
+        if policy == "block"
+        else _latest(requests, core, deadline, settings.on_drop)
+    )
+    async for response in replies:
+        yield response
