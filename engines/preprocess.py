@@ -233,12 +233,15 @@ def prepare(image_rgb: npt.NDArray[np.uint8], manifest: Manifest) -> PreparedIma
         raise ImageError(f"image is empty: shape {image_rgb.shape}")
     canvas, box = _resize_into_canvas(image_rgb, manifest)
     pre = manifest.preprocess
-    src = canvas if pre.color_order == "RGB" else canvas[:, :, ::-1]
-    # (x * scale - mean) / std == x * (scale / std) - mean / std: one multiply pass, one add.
-    gain = np.array([pre.scale / s for s in pre.std], np.float32)[:, None, None]
+    planes = cv2.split(canvas)  # contiguous planes: about twice as fast as a strided transpose
+    if pre.color_order == "BGR":
+        planes = planes[::-1]
     tensor = np.empty((3, manifest.input_height, manifest.input_width), np.float32)
-    np.multiply(src.transpose(2, 0, 1), gain, out=tensor, casting="unsafe")
-    if any(pre.mean):
-        offset = np.array([m / s for m, s in zip(pre.mean, pre.std, strict=True)], np.float32)
-        tensor -= offset[:, None, None]
+    # (x * scale - mean) / std == x * (scale / std) - mean / std: a multiply and maybe a subtract.
+    for c in range(3):
+        out = tensor[c]
+        out[...] = planes[c]
+        out *= np.float32(pre.scale / pre.std[c])
+        if pre.mean[c]:
+            out -= np.float32(pre.mean[c] / pre.std[c])
     return PreparedImage(tensor=tensor, letterbox=box)
