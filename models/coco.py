@@ -102,7 +102,7 @@ def scene_annotations(scene: SceneLike, image_id: int, first_ann_id: int) -> lis
 
 def write_scene_set(folder: Path, seeds: Sequence[int], sizes: Sequence[tuple[int, int]],
                     render: Callable[[int, int, int], SceneLike], classes: Sequence[str],
-                    image_format: str = "png") -> Path:
+                    image_format: str = "png", split: str | None = None) -> Path:
     """Render `seeds` (scene i at sizes[i % len(sizes)]) into `folder`; returns the json path."""
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
@@ -123,7 +123,7 @@ def write_scene_set(folder: Path, seeds: Sequence[int], sizes: Sequence[tuple[in
         annotations += scene_annotations(scene, i + 1, len(annotations) + 1)
     doc = {
         "info": {"description": f"detserve synthetic scenes, seeds {seeds[0] if seeds else '-'}"
-                 f"..{seeds[-1] if seeds else '-'}"},
+                 f"..{seeds[-1] if seeds else '-'}", "split": split},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": k + 1, "name": n, "supercategory": "shape"}

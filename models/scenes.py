@@ -263,7 +263,7 @@ def write_coco(directory: str | Path, split: str, n: int,
 
     chosen = tuple(sizes) if sizes else VAL_SIZES
     path: Path = write_scene_set(Path(directory) / split, split_seeds(split, n), chosen,
-                           render_scene, CLASSES, image_format)
+                           render_scene, CLASSES, image_format, split)
     return path
 
 
