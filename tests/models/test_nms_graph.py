@@ -4,6 +4,7 @@ adversarial inputs, the TensorRT graph's structure against the plugin spec, and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from detserve.engines.manifest import load_package
+from detserve.engines.base import DecodeParams, Letterbox
+from detserve.engines.decode import decode_batch
+from detserve.engines.detections import Detections
+from detserve.engines.factory import create_engine
+from detserve.engines.manifest import Manifest, Postprocess, load_package
+from detserve.engines.pipeline import detect_images
 from detserve.models.efficient_nms_ref import NmsConfig, NmsOutputs, efficient_nms_yolov8
 from detserve.models.nms_graph import (
     OUTPUT_NAMES,
@@ -193,6 +199,89 @@ def test_non_yolov8_graph_is_refused() -> None:
         add_nms_ort(model, NmsConfig(0.3, 0.5, 5))
 
 
+# --- host NMS (the server's yolov8 decoder) ---------------------------------------------------
+# The host decoder keeps one class per anchor (its best, as Ultralytics does) and suppresses at
+# IoU > threshold; EfficientNMS takes every (anchor, class) pair and suppresses at IoU >=. On
+# inputs where each anchor has at most one class above the threshold and no IoU equals the
+# threshold exactly, all three must agree exactly; the two differences are tested on their own.
+
+
+def _one_class_per_anchor(raw: Raw, rng: np.random.Generator, low: float) -> Raw:
+    nc = raw.shape[1] - 4
+    best = rng.integers(0, nc, (raw.shape[0], raw.shape[2]))
+    scores = raw[:, 4:]
+    keep = np.arange(nc)[None, :, None] == best[:, None, :]
+    raw[:, 4:] = np.where(keep, scores, np.minimum(scores, np.float32(low) * 0.99))
+    return raw
+
+
+def _inside(raw: Raw, size: float) -> Raw:
+    # Boxes fully inside the image, so clipping in the host decoder changes nothing.
+    half = raw[:, 2:4] / 2
+    raw[:, 0:2] = np.clip(raw[:, 0:2], half, size - half)
+    return raw
+
+
+def run_host_nms(raw: Raw, cfg: NmsConfig, size: int) -> list[Detections]:
+    manifest = Manifest(
+        name="host",
+        version="1",
+        classes=tuple(f"c{i}" for i in range(raw.shape[1] - 4)),
+        input_width=size,
+        input_height=size,
+        postprocess=Postprocess(
+            cfg.score_threshold,
+            cfg.iou_threshold,
+            cfg.max_output_boxes,
+            pre_nms_top_k=cfg.pre_nms_top_k,
+        ),
+    )
+    box = Letterbox(1.0, 1.0, 0.0, 0.0, size, size)
+    params = DecodeParams(cfg.score_threshold, cfg.iou_threshold, cfg.max_output_boxes)
+    n = raw.shape[0]
+    dets: list[Detections] = decode_batch([raw], manifest, [box] * n, [params] * n)
+    return dets
+
+
+HOST_CASES = ["random", "ties", "clusters", "empty_and_full", "more_than_max", "over_4096"]
+
+
+@pytest.mark.parametrize("name", HOST_CASES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_host_ort_and_reference_agree(name: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    raw, cfg = CASES[name](rng)
+    # Thresholds that no IoU of these boxes hits exactly (host uses >, the plugin >=).
+    cfg = replace(cfg, iou_threshold=cfg.iou_threshold + 0.00731)
+    size = 4000
+    raw = _inside(_one_class_per_anchor(raw, rng, cfg.score_threshold), size)
+    want = efficient_nms_yolov8(raw, cfg)
+    host = run_host_nms(raw, cfg, size)
+    for i, det in enumerate(host):
+        ref = want.image(i)
+        np.testing.assert_array_equal(det.scores, ref.scores)
+        np.testing.assert_array_equal(det.class_ids, ref.class_ids)
+        np.testing.assert_array_equal(det.boxes, ref.boxes)
+    assert_same(run_ort_nms(raw, cfg), want)
+
+
+def test_host_keeps_iou_equal_to_threshold_where_plugin_suppresses() -> None:
+    raw = np.zeros((1, 5, 2), np.float32)
+    raw[0, :4] = np.array([[5, 5, 10, 10], [5, 2.5, 10, 5]], np.float32).T  # IoU exactly 0.5
+    raw[0, 4] = [0.9, 0.8]
+    cfg = NmsConfig(0.25, 0.5, 10)
+    assert len(run_host_nms(raw, cfg, 32)[0]) == 2
+    assert efficient_nms_yolov8(raw, cfg).num_detections.tolist() == [[1]]
+
+
+def test_host_takes_one_class_per_anchor_where_plugin_takes_all() -> None:
+    raw = np.zeros((1, 6, 1), np.float32)
+    raw[0, :, 0] = [10, 10, 8, 8, 0.9, 0.6]
+    cfg = NmsConfig(0.25, 0.5, 10)
+    assert run_host_nms(raw, cfg, 32)[0].class_ids.tolist() == [0]
+    assert efficient_nms_yolov8(raw, cfg).classes[0, :2].tolist() == [0, 1]
+
+
 # --- TensorRT graph: structure against the EfficientNMS_TRT README --------------------------
 
 
@@ -263,6 +352,26 @@ def test_ort_package_detects_the_red_block(tiny_package: Path, tmp_path: Path) -
     assert num.tolist() == [[1], [0]]
     np.testing.assert_array_equal(boxes[0, 0], [0, 32, 32, 64])
     assert scores[0, 0] == pytest.approx(1.0) and classes[0, 0] == 0
+
+
+def test_ort_package_serves_through_the_engine_path(tiny_package: Path, tmp_path: Path) -> None:
+    e2e = add_nms_package(tiny_package, tmp_path / "e2e", "ort", NmsConfig(0.6, 0.5, 10))
+    image = np.zeros((96, 128, 3), np.uint8)  # letterboxed to 64x48 + padding
+    image[0:48, 64:112, 2] = 255  # a blue block the letterbox maps onto one 32-px cell
+    params = DecodeParams(0.6, 0.5, 10)
+    results = {}
+    for name, root in (("host", tiny_package), ("in-graph", e2e)):
+        engine = create_engine(load_package(root), "onnxruntime")
+        try:
+            results[name] = detect_images(engine, [image, np.zeros_like(image)], params)
+        finally:
+            engine.close()
+    for host, graph in zip(results["host"], results["in-graph"], strict=True):
+        np.testing.assert_array_equal(graph.class_ids, host.class_ids)
+        np.testing.assert_allclose(graph.boxes, host.boxes, atol=1e-4)
+        np.testing.assert_allclose(graph.scores, host.scores, atol=1e-6)
+    assert results["in-graph"][0].class_ids.tolist() == [2]
+    assert len(results["in-graph"][1]) == 0
 
 
 def test_tensorrt_package_manifest(tiny_package: Path, tmp_path: Path) -> None:
