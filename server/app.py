@@ -22,6 +22,7 @@ from detserve.protos import detection_pb2_grpc as pb_grpc
 from detserve.server.config import ServerConfig
 from detserve.server.detect import DetectCore, RequestRecord
 from detserve.server.errors import RequestError
+from detserve.server.logs import configure_logging
 from detserve.server.observe import UNKNOWN_MODEL, RequestObserver, build_observer
 from detserve.server.registry import EngineFactory, ModelRegistry, default_engine_factory
 from detserve.server.service import DetectorService
@@ -140,6 +141,7 @@ async def serve(
     config: ServerConfig, ready: Callable[[Server], None] | None = None
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return (the process then exits 0)."""
+    configure_logging(config.log_level)
     server = await start_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable; the first is the default)")
     p.add_argument("--engine", default="onnxruntime",
                    help="engine kind for --model packages (default onnxruntime)")
+    p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--quiet", action="store_true", help="no per-request log lines")
     return p
 
@@ -84,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stream_max_in_flight": args.stream_max_in_flight,
         "drain_grace_s": args.drain_grace_s,
         "log_requests": False if args.quiet else None,
+        "log_level": args.log_level,
     }
     try:
         models = [parse_model_flag(m, args.engine) for m in args.model]

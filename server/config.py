@@ -22,6 +22,7 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 BUILTIN_PREFIX = "builtin:"
 STREAM_POLICIES = ("block", "latest")
 ENV_PREFIX = "DETSERVE_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,7 @@ class ServerConfig:
     stream_max_in_flight: int = 4
     drain_grace_s: float = 10.0
     log_requests: bool = True
+    log_level: str = "INFO"
     models: tuple[ModelConfig, ...] = ()
 
     @property
@@ -211,6 +213,12 @@ def _scalar(name: str, value: Any) -> Any:
         return _float(value, where, 0.0)
     if name == "log_requests":
         return _bool(value, where)
+    if name == "log_level":
+        if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
+            raise ConfigError(
+                f"config field 'log_level' must be one of {list(LOG_LEVELS)}, got {value!r}"
+            )
+        return value.upper()
     if name == "stream_policy":
         if value not in STREAM_POLICIES:
             raise ConfigError(

@@ -40,6 +40,7 @@ class RequestRecord:
     code: grpc.StatusCode
     message: str = ""
     stream: bool = False
+    model_version: str = ""
     batch_size: int = 0
     queue_ms: float = 0.0
     preprocess_ms: float = 0.0
@@ -165,7 +166,7 @@ class DetectCore:
         self, request: pb.DetectRequest, deadline: float | None, record: RequestRecord
     ) -> pb.DetectResponse:
         model = self.registry.resolve(request.model)
-        record.model = model.key
+        record.model, record.model_version = model.key, model.manifest.version
         params = decode_params(request, model)
         start = time.perf_counter()
         prepared = await asyncio.to_thread(

@@ -1,12 +1,10 @@
-"""Where finished requests go: Prometheus metrics and one structlog JSON line each."""
+"""Where finished requests go: Prometheus metrics (metrics.py) and one JSON line each (logs.py)."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-import structlog
-
+from detserve.server import logs
 from detserve.server.config import ServerConfig
 from detserve.server.detect import RequestRecord
 from detserve.server.metrics import ServerMetrics
@@ -15,44 +13,45 @@ from detserve.server.registry import ModelRegistry
 UNKNOWN_MODEL = "unknown"  # metrics label for requests whose model did not resolve
 
 
+def log_record(rec: RequestRecord) -> logs.RequestRecord:
+    ok = rec.code.name == "OK"
+    batched = rec.batch_size > 0
+    return logs.RequestRecord(
+        rpc="DetectStream" if rec.stream else "Detect",
+        request_id=rec.request_id,
+        model=rec.model,
+        status=rec.code.name,
+        frame_id=rec.frame_id,
+        model_version=rec.model_version or None,
+        batch_size=rec.batch_size if batched else None,
+        queue_ms=rec.queue_ms if batched else None,
+        preprocess_ms=rec.preprocess_ms if rec.image_width else None,
+        inference_ms=rec.inference_ms if batched else None,
+        postprocess_ms=rec.postprocess_ms if batched else None,
+        total_ms=rec.total_ms,
+        detections=rec.detections if ok else None,
+        max_score=rec.max_score if ok and rec.detections else None,
+        input_width=rec.image_width or None,
+        input_height=rec.image_height or None,
+        message=None if ok else rec.message,
+    )
+
+
 class RequestObserver:
+    """Metrics and log lines of one server; `metrics_port` is the bound /metrics port, if any."""
+
     def __init__(self, config: ServerConfig) -> None:
         self.log_requests = config.log_requests
+        self.logger = logs.get_logger()
         self.metrics = ServerMetrics()
         self.metrics_port: int | None = None
         if config.metrics_port is not None:
             self.metrics_port = self.metrics.start_http(config.metrics_port, addr=config.host)
-        self._log = structlog.wrap_logger(
-            structlog.PrintLogger(sys.stderr),
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.processors.JSONRenderer(),
-            ],
-        )
 
     def request(self, rec: RequestRecord, registry: ModelRegistry) -> None:
         self._measure(rec, registry)
         if self.log_requests:
-            self._log.info(
-                "request",
-                request_id=rec.request_id,
-                frame_id=rec.frame_id,
-                model=rec.model,
-                code=rec.code.name,
-                message=rec.message,
-                stream=rec.stream,
-                batch_size=rec.batch_size,
-                queue_ms=round(rec.queue_ms, 3),
-                preprocess_ms=round(rec.preprocess_ms, 3),
-                inference_ms=round(rec.inference_ms, 3),
-                postprocess_ms=round(rec.postprocess_ms, 3),
-                total_ms=round(rec.total_ms, 3),
-                detections=rec.detections,
-                max_score=round(rec.max_score, 4),
-                image_width=rec.image_width,
-                image_height=rec.image_height,
-            )
+            logs.log_request(self.logger, log_record(rec))
 
     def _measure(self, rec: RequestRecord, registry: ModelRegistry) -> None:
         served = registry.models.get(rec.model)
@@ -79,7 +78,7 @@ class RequestObserver:
         self.metrics.add_dropped_frames(model, 1)
 
     def event(self, name: str, **fields: Any) -> None:
-        self._log.info(name, **fields)
+        self.logger.info(name, **fields)
 
     def close(self) -> None:
         self.metrics.stop_http()

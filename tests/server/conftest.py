@@ -138,15 +138,21 @@ class Running:
 
 @pytest.fixture
 async def start(tiny_package: Path) -> AsyncIterator[Callable[..., Any]]:
-    """`await start(config=None, open_gate=True)` -> Running; stopped at teardown."""
+    """`await start(config=None, open_gate=True, on_stream_drop=None)` -> Running; stopped at
+    teardown."""
     running: list[Running] = []
 
-    async def _start(config: ServerConfig | None = None, open_gate: bool = True) -> Running:
+    async def _start(
+        config: ServerConfig | None = None,
+        open_gate: bool = True,
+        on_stream_drop: Callable[[str], None] | None = None,
+    ) -> Running:
         config = config or server_config(blocks_model(tiny_package))
         engines = EngineRecorder(asyncio.get_running_loop(), open_gate)
-        server = await start_server(config, engines)
+        server = await start_server(config, engines, on_stream_drop)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        run = Running(server, channel, pb_grpc.DetectorStub(channel), engines)
+        stub = pb_grpc.DetectorStub(channel)  # type: ignore[no-untyped-call]
+        run = Running(server, channel, stub, engines)
         running.append(run)
         return run
 

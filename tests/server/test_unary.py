@@ -55,8 +55,7 @@ async def test_raw_frames(start: Callable[..., Any], fmt: str) -> None:
         data = np.ascontiguousarray(rgb[:, :, 0]).tobytes()
     else:
         data = rgb.tobytes()
-    raw = pb.RawFrame(data=data, height=64, width=64, pixel_format=pb.PixelFormat.Value(
-        f"PIXEL_FORMAT_{fmt}"))
+    raw = pb.RawFrame(data=data, height=64, width=64, pixel_format=f"PIXEL_FORMAT_{fmt}")
     reply = await run.stub.Detect(pb.DetectRequest(image=pb.Image(raw=raw)))
     # Grey replicates into all three channels; the tie of the three classes goes to the first.
     assert boxes_of(reply) == [("red", 1.0, [32.0, 0.0, 64.0, 32.0])]
