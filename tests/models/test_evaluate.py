@@ -141,3 +141,26 @@ def test_package_through_the_engine_chooses_and_writes_threshold(
     js, md = write_report(report, tmp_path / "out")
     assert json.loads(js.read_text())["metrics"]["map50"] == pytest.approx(1.0)
     assert "| mAP | 0.50:0.95 | 1.000 |" in md.read_text()
+
+
+def test_cli_eval_writes_reports_and_refuses_test_threshold(
+        tiny_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from detserve.models import cli_eval
+
+    parser = argparse.ArgumentParser()
+    cli_eval.register(parser.add_subparsers(dest="command", required=True))
+    data = _blocks_set(tmp_path / "val")
+    args = parser.parse_args(["eval", str(tiny_package), "--data", str(data.parent),
+                              "--out", str(tmp_path / "r")])
+    assert args.func(args) == 0
+    assert "| mAP | 0.5 | 1.000 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r/eval.json").read_text())["metrics"]["map"] == 1.0
+    doc = json.loads(data.read_text())
+    doc["info"]["split"] = "test"
+    data.write_text(json.dumps(doc))
+    args = parser.parse_args(["eval", str(tiny_package), "--data", str(data),
+                              "--choose-threshold"])
+    assert args.func(args) == 2
+    assert "test split" in capsys.readouterr().err
