@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--width", type=int, default=640, help="synthetic frame width")
     st.add_argument("--height", type=int, default=480, help="synthetic frame height")
     st.add_argument("--seed", type=int, default=0, help="synthetic camera seed")
+    st.add_argument("--policy", choices=("block", "latest"), default=None,
+                    help="stream policy for this stream (default: the server's)")
     _add_common(st)
     _add_detect_options(st)
     models = sub.add_parser("models", help="list the served models")
@@ -141,7 +143,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
     failed = 0
     with DetectClient(args.target, timeout_s=args.timeout_s) as client:
         try:
-            for result in client.stream(_paced(frames, args.fps, fmt), _options(args, fmt)):
+            replies = client.stream(_paced(frames, args.fps, fmt), _options(args, fmt),
+                                    policy=args.policy)
+            for result in replies:
                 failed += 0 if result.ok else 1
                 _emit(result, f"frame {result.frame_id}", args.json)
         except DetectError as err:

@@ -140,9 +140,11 @@ class DetectClient:
         frames: Iterable[ImageInput | pb.Image],
         options: DetectOptions | None = None,
         timeout_s: float | None = None,
+        policy: str | None = None,
     ) -> Iterator[DetectResult]:
         """Send frames over one DetectStream (frame ids 1, 2, ...) and yield replies in order.
 
+        `policy` ("block" or "latest") overrides the server's stream policy for this stream.
         A failed frame yields a result with `error` set; a failed stream raises DetectError."""
         opts = options or DetectOptions()
         sent = _SentTimes()
@@ -154,7 +156,9 @@ class DetectClient:
                 yield req
 
         try:
-            for reply in self._stub.DetectStream(requests(), timeout=timeout_s):
+            replies = self._stub.DetectStream(requests(), timeout=timeout_s,
+                                              metadata=_policy_metadata(policy))
+            for reply in replies:
                 yield result_from_proto(reply, sent.latency_ms(int(reply.frame_id)))
         except grpc.RpcError as err:
             raise DetectError.from_rpc_error(err) from None
@@ -239,6 +243,7 @@ class AsyncDetectClient:
         frames: AsyncIterable[ImageInput | pb.Image] | Iterable[ImageInput | pb.Image],
         options: DetectOptions | None = None,
         timeout_s: float | None = None,
+        policy: str | None = None,
     ) -> AsyncIterator[DetectResult]:
         """Async iterator of replies for frames sent over one DetectStream (ids 1, 2, ...)."""
         opts = options or DetectOptions()
@@ -252,7 +257,8 @@ class AsyncDetectClient:
                 sent.mark(frame_id)
                 yield req
 
-        call = self._stub.DetectStream(requests(), timeout=timeout_s)
+        call = self._stub.DetectStream(requests(), timeout=timeout_s,
+                                       metadata=_policy_metadata(policy))
         try:
             async for reply in call:
                 yield result_from_proto(reply, sent.latency_ms(int(reply.frame_id)))
@@ -287,6 +293,17 @@ class AsyncDetectClient:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+STREAM_POLICY_KEY = "detserve-stream-policy"  # call metadata the server reads
+
+
+def _policy_metadata(policy: str | None) -> tuple[tuple[str, str], ...] | None:
+    if policy is None:
+        return None
+    if policy not in ("block", "latest"):
+        raise ValueError(f"stream policy must be 'block' or 'latest', got {policy!r}")
+    return ((STREAM_POLICY_KEY, policy),)
 
 
 async def _aiter(items: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
