@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import cv2
 import numpy as np
@@ -51,24 +52,33 @@ def _random_colour(rng: np.random.Generator) -> npt.NDArray[np.float32]:
     return rng.uniform(0, 255, 3).astype(np.float32)
 
 
-def _low_freq(rng: np.random.Generator, w: int, h: int, cells: int) -> npt.NDArray[np.float32]:
-    small = rng.normal(0.0, 1.0, (cells, cells, 3)).astype(np.float32)
-    return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC), np.float32)
+def _tint(t: Image, a: npt.NDArray[np.floating[Any]], b: npt.NDArray[np.floating[Any]]) -> Image:
+    """Map a grey level image `t` (0..255) onto the colour ramp a -> b, via one 3-channel LUT."""
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)[:, None]
+    lut = np.clip(a + (b - a) * ramp, 0, 255).astype(np.uint8).reshape(256, 1, 3)
+    return np.asarray(cv2.LUT(cv2.merge([t, t, t]), lut), np.uint8)
 
 
-def _noise_bg(rng: np.random.Generator, w: int, h: int) -> npt.NDArray[np.float32]:
+def _to_grey(values: npt.NDArray[np.float32]) -> Image:
+    """[-1, 1] -> 0..255."""
+    return np.asarray(np.clip(values * 127.5 + 127.5, 0, 255), np.uint8)
+
+
+def _noise_bg(rng: np.random.Generator, w: int, h: int) -> Image:
     base = _random_colour(rng)
     amp = rng.uniform(10, 50)
-    return base + amp * _low_freq(rng, w, h, int(rng.integers(3, 12)))
+    cells = int(rng.integers(3, 12))
+    small = np.clip(base + amp * rng.normal(0.0, 1.0, (cells, cells, 3)), 0, 255)
+    return np.asarray(cv2.resize(small.astype(np.uint8), (w, h),
+                                 interpolation=cv2.INTER_CUBIC), np.uint8)
 
 
-def _gradient_bg(rng: np.random.Generator, w: int, h: int) -> npt.NDArray[np.float32]:
+def _gradient_bg(rng: np.random.Generator, w: int, h: int) -> Image:
     a, b = _random_colour(rng), _random_colour(rng)
     theta = rng.uniform(0, 2 * math.pi)
-    xs = np.linspace(-0.5, 0.5, w, dtype=np.float32) * math.cos(theta)
-    ys = np.linspace(-0.5, 0.5, h, dtype=np.float32) * math.sin(theta)
-    t = np.clip(ys[:, None] + xs[None, :] + 0.5, 0.0, 1.0)[..., None]
-    return np.asarray(a + (b - a) * t, np.float32)
+    xs = np.linspace(-1.0, 1.0, w, dtype=np.float32) * math.cos(theta)
+    ys = np.linspace(-1.0, 1.0, h, dtype=np.float32) * math.sin(theta)
+    return _tint(_to_grey(ys[:, None] + xs[None, :]), a, b)
 
 
 def _stripes(rng: np.random.Generator, w: int, h: int) -> npt.NDArray[np.float32]:
@@ -85,16 +95,16 @@ def _stripes(rng: np.random.Generator, w: int, h: int) -> npt.NDArray[np.float32
     return out
 
 
-def _texture_bg(rng: np.random.Generator, w: int, h: int) -> npt.NDArray[np.float32]:
+def _texture_bg(rng: np.random.Generator, w: int, h: int) -> Image:
     grey = _photos()[1]
     if grey and rng.random() < 0.6:
         src = grey[int(rng.integers(len(grey)))]
-        pattern = (_crop(rng, src, w, h).astype(np.float32) - 128.0) / 64.0
+        t = np.clip(_crop(rng, src, w, h).astype(np.int16) * 2 - 128, 0, 255).astype(np.uint8)
     else:
-        pattern = _stripes(rng, w, h)
+        t = _to_grey(_stripes(rng, w, h))
     a, b = _random_colour(rng), _random_colour(rng)
     mid, half = (a + b) / 2, (b - a) / 2 * rng.uniform(0.2, 0.8)
-    return np.asarray(mid + half * pattern[..., None], np.float32)
+    return _tint(t, mid - half, mid + half)
 
 
 def _crop(rng: np.random.Generator, src: Image, w: int, h: int) -> Image:
@@ -110,13 +120,13 @@ def _crop(rng: np.random.Generator, src: Image, w: int, h: int) -> Image:
     return np.asarray(out, np.uint8)
 
 
-def _photo_bg(rng: np.random.Generator, w: int, h: int) -> npt.NDArray[np.float32]:
+def _photo_bg(rng: np.random.Generator, w: int, h: int) -> Image:
     colour = _photos()[0]
     if not colour:
         return _texture_bg(rng, w, h)
-    img = _crop(rng, colour[int(rng.integers(len(colour)))], w, h).astype(np.float32)
+    img = _crop(rng, colour[int(rng.integers(len(colour)))], w, h)
     if rng.random() < 0.5:
-        img = img[:, ::-1]
+        img = np.ascontiguousarray(img[:, ::-1])
     return img
 
 
@@ -124,7 +134,7 @@ def render_background(rng: np.random.Generator, w: int, h: int) -> Image:
     """One background of a kind drawn from `rng` (photo 35 %, texture 30 %, others 35 %)."""
     kind = rng.choice(len(KINDS), p=[0.15, 0.2, 0.3, 0.35])
     maker = (_noise_bg, _gradient_bg, _texture_bg, _photo_bg)[int(kind)]
-    return np.clip(maker(rng, w, h), 0, 255).astype(np.uint8)
+    return maker(rng, w, h)
 
 
 def sensor_effects(rng: np.random.Generator, img: Image) -> Image:

@@ -7,6 +7,7 @@ from the mask. Coordinates go through OpenCV's fixed-point `shift` so sub-pixel 
 
 from __future__ import annotations
 
+import functools
 import math
 import string
 from dataclasses import dataclass
@@ -142,13 +143,20 @@ def _distractor_mask(spec: ShapeSpec) -> ShapeMask:
     return ShapeMask(x0, y0, canvas.astype(bool))
 
 
+@functools.cache
+def _text_size(text: str, scale: float, thick: int) -> tuple[int, int]:
+    # getTextSize costs about as much as drawing the glyph; sizes repeat, so cache them.
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    return int(tw), int(th)
+
+
 def _draw_glyph(canvas: npt.NDArray[np.uint8], spec: ShapeSpec, centre: npt.NDArray[np.float64]
                 ) -> None:
     text = _GLYPHS[int(spec.params[0] * len(_GLYPHS)) % len(_GLYPHS)]
     font = cv2.FONT_HERSHEY_SIMPLEX
-    scale = max(spec.size / 22.0, 0.3)
+    scale = round(max(spec.size / 22.0, 0.3), 2)
     thick = max(1, round(scale * (1.5 + 1.5 * spec.params[1])))
-    (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+    tw, th = _text_size(text, scale, thick)
     org = (round(centre[0] - tw / 2), round(centre[1] + th / 2))
     cv2.putText(canvas, text, org, font, scale, 1, thick, cv2.LINE_8)
 
