@@ -164,3 +164,25 @@ def test_cli_eval_writes_reports_and_refuses_test_threshold(
                               "--choose-threshold"])
     assert args.func(args) == 2
     assert "test split" in capsys.readouterr().err
+
+
+def test_generated_set_scored_against_its_own_scenes_is_perfect(tmp_path: Path) -> None:
+    from detserve.models.coco import load_coco
+    from detserve.models.scenes import CLASSES as SHAPES
+    from detserve.models.scenes import render_scene, split_seeds
+
+    coco = load_coco(_small_val_set(tmp_path))
+    preds = []
+    for img, seed in zip(coco.images, split_seeds("val", 4), strict=True):
+        s = render_scene(seed, img.width, img.height)
+        preds.append(ImageDetections(img.id, Detections(
+            s.boxes, np.linspace(0.9, 0.5, len(s.boxes), dtype=np.float32), s.class_ids)))
+    m = coco_metrics(coco.raw, preds, SHAPES)
+    assert m.map == pytest.approx(1.0) and m.ap_size["small"] == pytest.approx(1.0)
+    assert m.n_objects == sum(len(p.detections) for p in preds) > 0
+
+
+def _small_val_set(root: Path) -> Path:
+    from detserve.models.scenes import write_coco
+
+    return write_coco(root, "val", 4, sizes=[(320, 320), (640, 480)])
