@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 
 import grpc
@@ -29,6 +30,8 @@ from detserve.server.service import DetectorService
 from detserve.server.streams import StreamSettings
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Detector"].full_name
+# After the last detection call ends: time for replies to flush before other calls are cut.
+FINAL_GRACE_S = 1.0
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -68,9 +71,14 @@ class Server:
             return
         self._stopping = True
         try:
-            self.service.draining = True
+            self.service.start_drain()
             await self.health.enter_graceful_shutdown()
-            await self.grpc_server.stop(grace_s)
+            # Wait for detection work only: health Watch streams would hold a plain grpc stop
+            # for the whole grace period.
+            started = time.monotonic()
+            await self.service.wait_idle(grace_s)
+            left = None if grace_s is None else max(grace_s - (time.monotonic() - started), 0.0)
+            await self.grpc_server.stop(FINAL_GRACE_S if left is None else min(left, FINAL_GRACE_S))
             await self.registry.stop(drain=True)
         finally:
             self.observer.close()

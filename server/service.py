@@ -3,8 +3,10 @@ GetModelInfo. Failures leave through `context.abort` with the status that `error
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -63,25 +65,57 @@ class DetectorService(pb_grpc.DetectorServicer):
         self.core = core
         self.streams = streams
         self.draining = False
+        self._active = 0  # Detect calls and streams in progress
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext[object, object]) -> None:
-        if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down (draining)")
+    @property
+    def active_calls(self) -> int:
+        """Detect calls and streams in progress."""
+        return self._active
+
+    def start_drain(self) -> None:
+        """Refuse new calls; open streams stop reading and end after their pending frames."""
+        self.draining = True
+        self.streams.stopping.set()
+
+    async def wait_idle(self, timeout_s: float | None) -> bool:
+        """Wait until no call is in progress; False if `timeout_s` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        self._active += 1
+        self._idle.clear()
+        try:
+            if self.draining:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "server is shutting down (draining)"
+                )
+            yield
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
 
     async def Detect(self, request: pb.DetectRequest, context: Context) -> pb.DetectResponse:
-        await self._refuse_if_draining(context)
-        try:
-            return await self.core.detect(request, deadline_from(context))
-        except RequestError as exc:
-            await context.abort(exc.code, exc.message)
-            raise  # abort raises; this line only satisfies the type checker
+        async with self._admitted(context):
+            try:
+                return await self.core.detect(request, deadline_from(context))
+            except RequestError as exc:
+                await context.abort(exc.code, exc.message)
+                raise  # abort raises; this line only satisfies the type checker
 
     async def DetectStream(
         self, request_iterator: AsyncIterator[pb.DetectRequest], context: Context
     ) -> AsyncIterator[pb.DetectResponse]:
-        await self._refuse_if_draining(context)
-        async for response in run_stream(request_iterator, context, self.core, self.streams):
-            yield response
+        async with self._admitted(context):
+            async for response in run_stream(request_iterator, context, self.core, self.streams):
+                yield response
 
     async def ListModels(
         self,

@@ -41,6 +41,26 @@ class StreamSettings:
     max_in_flight: int = 4
     # Called once per frame dropped by the `latest` policy, with the model the stream asked for.
     on_drop: Callable[[str], None] = field(default=_ignore_drop)
+    # Set when the server drains: streams stop reading, answer what they hold, and end.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def next_frame(
+    requests: AsyncIterator[pb.DetectRequest], stopping: asyncio.Event
+) -> pb.DetectRequest | None:
+    """The next frame, or None at the end of the stream or once the server is draining."""
+    if stopping.is_set():
+        return None
+    read = asyncio.ensure_future(anext(requests, None))
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((read, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if read.done():
+        return read.result()
+    read.cancel()
+    return None
 
 
 def stream_policy(context: grpc.aio.ServicerContext[object, object], default: str) -> str:
@@ -71,8 +91,9 @@ async def _answer(
 
 async def _block(
     requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
-    max_in_flight: int,
+    settings: StreamSettings,
 ) -> AsyncIterator[pb.DetectResponse]:
+    max_in_flight = settings.max_in_flight
     slots = asyncio.Semaphore(max_in_flight)
     # Unbounded, but never longer than max_in_flight + 1: the semaphore bounds the reader.
     order: asyncio.Queue[asyncio.Task[pb.DetectResponse] | None] = asyncio.Queue()
@@ -82,7 +103,7 @@ async def _block(
         try:
             while True:
                 await slots.acquire()  # no free slot: stop reading (backpressure)
-                request = await anext(requests, None)
+                request = await next_frame(requests, settings.stopping)
                 if request is None:
                     return
                 order.put_nowait(asyncio.create_task(_answer(core, request, deadline)))
@@ -118,17 +139,17 @@ class _Latest:
 
 async def _latest(
     requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
-    on_drop: Callable[[str], None],
+    settings: StreamSettings,
 ) -> AsyncIterator[pb.DetectResponse]:
     state = _Latest()
     failure: list[BaseException] = []
 
     async def reader() -> None:
         try:
-            async for request in requests:
+            while (request := await next_frame(requests, settings.stopping)) is not None:
                 if state.pending is not None:
                     state.dropped += 1
-                    on_drop(state.pending.model)
+                    settings.on_drop(state.pending.model)
                 state.pending = request
                 state.wake.set()
         except Exception as exc:
@@ -172,9 +193,9 @@ async def run_stream(
         raise
     deadline = deadline_from(context)
     replies = (
-        _block(requests, core, deadline, settings.max_in_flight)
+        _block(requests, core, deadline, settings)
         if policy == "block"
-        else _latest(requests, core, deadline, settings.on_drop)
+        else _latest(requests, core, deadline, settings)
     )
     async for response in replies:
         yield response
