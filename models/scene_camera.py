@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from detserve.models.scene_backgrounds import render_background, sensor_effects
+from detserve.models.scene_canvas import Canvas, Scene, pick_colour, random_spec
 from detserve.models.scene_shapes import ShapeSpec, clip_mask, shape_mask
-from detserve.models.scenes import Scene, _Canvas, _pick_colour, _random_spec
 
 _LABELLED_FRACTION = 0.5
 
@@ -44,10 +44,10 @@ def _movers(rng: np.random.Generator, background: np.ndarray, n: int, distractor
     h, w = background.shape[:2]
     out = []
     for _ in range(n):
-        spec = _random_spec(rng, w, h, distractor)
+        spec = random_spec(rng, w, h, distractor)
         sm = clip_mask(shape_mask(spec), w, h)
         under = background[sm.y0 : sm.y0 + sm.mask.shape[0], sm.x0 : sm.x0 + sm.mask.shape[1]]
-        colour = _pick_colour(rng, under[sm.mask])
+        colour = pick_colour(rng, under[sm.mask])
         speed, heading = rng.uniform(1.0, 6.0), rng.uniform(0, 2 * math.pi)
         out.append(_Mover(spec, speed * math.cos(heading), speed * math.sin(heading),
                           float(rng.uniform(-0.1, 0.1)), colour))
@@ -57,7 +57,7 @@ def _movers(rng: np.random.Generator, background: np.ndarray, n: int, distractor
 def _frame(background: np.ndarray, objects: list[_Mover], clutter: list[_Mover],
            rng: np.random.Generator) -> Scene:
     h, w = background.shape[:2]
-    canvas = _Canvas(background)
+    canvas = Canvas(background)
     drawn = []
     for c in clutter:
         canvas.draw(clip_mask(shape_mask(c.spec), w, h), 255, c.colour)

@@ -27,7 +27,6 @@ What a scene holds, and why:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,14 @@ import numpy as np
 import numpy.typing as npt
 
 from detserve.models.scene_backgrounds import render_background, sensor_effects
+from detserve.models.scene_canvas import (
+    DISTRACTOR_LABEL,
+    MIN_VISIBLE,
+    Canvas,
+    Scene,
+    pick_colour,
+    random_spec,
+)
 from detserve.models.scene_shapes import (
     CLASSES,
     DISTRACTORS,
@@ -46,8 +53,8 @@ from detserve.models.scene_shapes import (
     shape_mask,
 )
 
-__all__ = ["CLASSES", "TRAIN_SIZES", "VAL_SIZES", "Scene", "render_camera", "render_scene",
-           "split_seeds", "write_coco"]
+__all__ = ["CLASSES", "MIN_VISIBLE", "TRAIN_SIZES", "VAL_SIZES", "Scene", "render_camera",
+           "render_scene", "split_seeds", "write_coco"]
 
 Split = Literal["train", "val", "test"]
 Image = npt.NDArray[np.uint8]
@@ -56,21 +63,9 @@ _SPLIT_SPAN = 10_000_000
 VAL_SIZES: tuple[tuple[int, int], ...] = (
     (320, 320), (416, 416), (480, 360), (512, 384), (640, 480), (640, 360))
 TRAIN_SIZES: tuple[tuple[int, int], ...] = (*VAL_SIZES, (640, 640), (800, 600), (1280, 720))
-MIN_VISIBLE = 0.6
-_DISTRACTOR_LABEL = 255
 _MAX_OBJECTS = 24
-_SMALL_P = 0.5
 _TRIES = 8
 _MIN_SIDE, _MAX_SIDE = 64, 4096
-
-
-@dataclass
-class Scene:
-    """An RGB image with its labelled objects: `boxes [K, 4]` x1, y1, x2, y2 pixels."""
-
-    image: Image
-    boxes: npt.NDArray[np.float32]
-    class_ids: npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -90,10 +85,6 @@ class SceneLayout:
     objects: list[PlacedObject] = field(default_factory=list)
 
 
-def min_object_size(width: int, height: int) -> float:
-    return max(8.0, 6.0 * max(width, height) / 320.0)
-
-
 def _check_size(width: int, height: int) -> None:
     for name, v in (("width", width), ("height", height)):
         if not _MIN_SIDE <= v <= _MAX_SIDE:
@@ -110,98 +101,15 @@ def split_seeds(split: str, n: int) -> list[int]:
     return list(range(start, start + n))
 
 
-def _object_size(rng: np.random.Generator, width: int, height: int) -> float:
-    lo = min_object_size(width, height)
-    hi = max(0.45 * min(width, height), lo + 2)
-    if rng.random() < _SMALL_P:
-        return float(rng.uniform(lo, max(lo + 1, 26.0)))
-    lo_big = min(28.0, hi - 1)
-    return float(math.exp(rng.uniform(math.log(lo_big), math.log(hi))))
-
-
-def _random_spec(rng: np.random.Generator, width: int, height: int, distractor: str) -> ShapeSpec:
-    size = _object_size(rng, width, height)
-    if distractor:
-        size = min(size * rng.uniform(0.8, 1.6), 0.5 * min(width, height))
-    margin = size * 0.75 + 1 if not distractor else 0.0
-    cx = rng.uniform(margin, width - margin) if width > 2 * margin else width / 2
-    cy = rng.uniform(margin, height - margin) if height > 2 * margin else height / 2
-    p = rng.random(4)
-    return ShapeSpec(
-        kind=int(rng.integers(len(CLASSES))), cx=float(cx), cy=float(cy), size=size,
-        angle=float(rng.uniform(0, 2 * math.pi)), distractor=distractor,
-        params=(float(p[0]), float(p[1]), float(p[2]), float(p[3])))
-
-
-def _pick_colour(rng: np.random.Generator, under: npt.NDArray[np.uint8]) -> tuple[int, int, int]:
-    """A colour far from the mean of the pixels it will cover (best of a few random draws)."""
-    mean = under.reshape(-1, 3).mean(axis=0) if under.size else np.full(3, 128.0)
-    cands = rng.integers(0, 256, (6, 3))
-    grey = rng.random(6) < 0.15  # some black / white / grey objects too
-    cands[grey] = cands[grey][:, :1]
-    dist = np.linalg.norm(cands - mean, axis=1)
-    best = cands[int(np.argmax(dist))] if dist.max() < 90 else cands[int(np.argmax(dist > 90))]
-    return int(best[0]), int(best[1]), int(best[2])
-
-
-class _Canvas:
-    """The scene being composed: image, label map and per-object visible pixel counts."""
-
-    def __init__(self, background: Image) -> None:
-        self.image = background.copy()
-        h, w = background.shape[:2]
-        self.width, self.height = w, h
-        self.labels = np.zeros((h, w), np.uint8)
-        self.full = np.zeros(256, np.int64)
-        self.visible = np.zeros(256, np.int64)
-
-    def _view(self, sm: ShapeMask) -> tuple[slice, slice]:
-        h, w = sm.mask.shape
-        return slice(sm.y0, sm.y0 + h), slice(sm.x0, sm.x0 + w)
-
-    def fits(self, sm: ShapeMask) -> bool:
-        """Whether drawing `sm` on top leaves every object at least MIN_VISIBLE visible."""
-        covered = np.bincount(self.labels[self._view(sm)][sm.mask], minlength=256)
-        need = np.ceil(MIN_VISIBLE * self.full)
-        need[0] = need[_DISTRACTOR_LABEL] = -np.inf  # background and clutter may vanish
-        return bool(np.all(self.visible - covered >= need))
-
-    def draw(self, sm: ShapeMask, label: int, colour: tuple[int, int, int],
-             shade: float = 0.0) -> None:
-        view = self._view(sm)
-        covered = np.bincount(self.labels[view][sm.mask], minlength=256)
-        self.visible -= covered
-        self.labels[view][sm.mask] = label
-        n = int(sm.mask.sum())
-        self.full[label] += n
-        self.visible[label] += n
-        fill = np.array(colour, np.float32)
-        if shade > 0:  # darken linearly across the object, as if lit from one side
-            h, w = sm.mask.shape
-            t = np.linspace(0.0, shade, w, dtype=np.float32)[None, :, None]
-            pixels = np.clip(fill * (1.0 - t), 0, 255).astype(np.uint8)
-            self.image[view][sm.mask] = np.broadcast_to(pixels, (h, w, 3))[sm.mask]
-        else:
-            self.image[view][sm.mask] = fill.astype(np.uint8)
-
-    def box_of(self, sm: ShapeMask, label: int) -> npt.NDArray[np.float32] | None:
-        region = self.labels[self._view(sm)] == label
-        rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
-        if rows.size == 0:
-            return None
-        return np.array([sm.x0 + cols[0], sm.y0 + rows[0], sm.x0 + cols[-1] + 1,
-                         sm.y0 + rows[-1] + 1], np.float32)
-
-
-def _place(rng: np.random.Generator, canvas: _Canvas, distractor: str,
+def _place(rng: np.random.Generator, canvas: Canvas, distractor: str,
            label: int) -> tuple[ShapeSpec, ShapeMask] | None:
     for _ in range(_TRIES):
-        spec = _random_spec(rng, canvas.width, canvas.height, distractor)
+        spec = random_spec(rng, canvas.width, canvas.height, distractor)
         sm = clip_mask(shape_mask(spec), canvas.width, canvas.height)
         if sm.mask.sum() < 4 or not canvas.fits(sm):
             continue
         view = canvas._view(sm)
-        colour = _pick_colour(rng, canvas.image[view][sm.mask])
+        colour = pick_colour(rng, canvas.image[view][sm.mask])
         shade = float(rng.uniform(0.15, 0.4)) if rng.random() < 0.25 else 0.0
         canvas.draw(sm, label, colour, shade)
         return spec, sm
@@ -222,10 +130,10 @@ def render_layout(seed: int, width: int, height: int, effects: bool = True) -> S
     _check_size(width, height)
     rng = np.random.default_rng(seed)
     background = render_background(rng, width, height)
-    canvas = _Canvas(background)
+    canvas = Canvas(background)
     placed: list[tuple[PlacedObject, ShapeMask]] = []
     for item in _item_plan(rng, width, height):
-        label = _DISTRACTOR_LABEL if item else len(placed) + 1
+        label = DISTRACTOR_LABEL if item else len(placed) + 1
         if label > _MAX_OBJECTS and not item:
             continue
         done = _place(rng, canvas, item, label)
@@ -262,9 +170,8 @@ def write_coco(directory: str | Path, split: str, n: int,
     from detserve.models.coco import write_scene_set
 
     chosen = tuple(sizes) if sizes else VAL_SIZES
-    path: Path = write_scene_set(Path(directory) / split, split_seeds(split, n), chosen,
+    return write_scene_set(Path(directory) / split, split_seeds(split, n), chosen,
                            render_scene, CLASSES, image_format, split)
-    return path
 
 
 def render_camera(seed: int, n_frames: int, width: int, height: int) -> Iterator[Scene]:
@@ -274,5 +181,4 @@ def render_camera(seed: int, n_frames: int, width: int, height: int) -> Iterator
     _check_size(width, height)
     if n_frames < 0:
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
-    frames: Iterator[Scene] = camera_frames(seed, n_frames, width, height)
-    return frames
+    return camera_frames(seed, n_frames, width, height)
