@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -73,7 +74,7 @@ def test_unreachable_server_is_unavailable() -> None:
 
 
 def test_sync_stream_keeps_order_and_survives_a_bad_frame(server: ThreadedServer) -> None:
-    frames: list[object] = [blocks_image(64, 64, [(0, 0, GREEN)]), b"garbage",
+    frames: list[Any] = [blocks_image(64, 64, [(0, 0, GREEN)]), b"garbage",
                             blocks_image(64, 64, [(32, 0, RED)])]
     with DetectClient(server.target) as client:
         results = list(client.stream(frames, policy="block"))

@@ -21,7 +21,7 @@ from detserve.client.results import (
 from detserve.protos import detection_pb2 as pb
 
 
-def _reply(**extra: object) -> pb.DetectResponse:
+def _reply(**extra: Any) -> pb.DetectResponse:
     return pb.DetectResponse(
         request_id="r1",
         frame_id=7,

@@ -1,0 +1,1 @@
+"""detserve-bench: load generator, sweeps over batching settings, baselines, reports."""

@@ -1,0 +1,110 @@
+"""Raw-engine baseline: the same model, the same images, no server, at fixed batch sizes.
+
+This is the limit the server is measured against. Two rates per batch size:
+- `pipeline`: decode the encoded image, letterbox, infer, decode outputs + NMS: the work the
+  server does per image, minus gRPC and batching;
+- `infer`: `engine.infer` alone on prepared tensors.
+The only place the client package imports engines (lazily, so the client needs no engine deps).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from detserve.protos import detection_pb2 as pb
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class RawResult:
+    batch_size: int
+    pipeline_images_per_s: float
+    infer_images_per_s: float
+    pipeline_batches: int
+    infer_batches: int
+    pipeline_ms_per_batch: float
+    infer_ms_per_batch: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _timed_loop(fn: Any, duration_s: float, min_iters: int = 3) -> tuple[int, float]:
+    """Call fn() until `duration_s` has passed (at least `min_iters` times): (calls, seconds)."""
+    n = 0
+    start = time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= duration_s and n >= min_iters:
+            return n, elapsed
+
+
+def raw_engine_baseline(
+    package_dir: str | Path,
+    images: Sequence[pb.Image],
+    batch_sizes: Sequence[int],
+    duration_s: float = 5.0,
+    engine_kind: str = "onnxruntime",
+    engine_options: Mapping[str, Any] | None = None,
+    warmup_batches: int = 2,
+) -> list[RawResult]:
+    """Images per second of the bare engine at each batch size, on the benchmark's inputs."""
+    import numpy as np
+
+    from detserve.engines.base import DecodeParams
+    from detserve.engines.decode import decode_batch
+    from detserve.engines.factory import create_engine
+    from detserve.engines.manifest import load_package
+    from detserve.engines.preprocess import decode_encoded, decode_raw, prepare
+
+    if not images:
+        raise ValueError("raw engine baseline needs at least one input image, got none")
+    bad = [b for b in batch_sizes if b < 1]
+    if bad:
+        raise ValueError(f"batch sizes must be >= 1, got {bad}")
+    package = load_package(package_dir)
+    engine = create_engine(package, engine_kind, engine_options)
+    manifest = engine.manifest
+    params = DecodeParams.from_manifest(manifest)
+
+    def decode(im: pb.Image) -> Any:
+        if im.HasField("encoded"):
+            return decode_encoded(im.encoded, DEFAULT_MAX_PIXELS)
+        fmt = pb.PixelFormat.Name(im.raw.pixel_format).removeprefix("PIXEL_FORMAT_")
+        return decode_raw(im.raw.data, im.raw.height, im.raw.width, fmt, DEFAULT_MAX_PIXELS)
+
+    results = []
+    try:
+        for b in batch_sizes:
+            chosen = [images[i % len(images)] for i in range(b)]
+
+            def pipeline(chosen: list[pb.Image] = chosen) -> None:
+                prepared = [prepare(decode(im), manifest) for im in chosen]
+                outputs = engine.infer(np.stack([p.tensor for p in prepared]))
+                decode_batch(outputs, manifest, [p.letterbox for p in prepared],
+                             [params] * len(prepared))
+
+            tensor = np.stack([prepare(decode(im), manifest).tensor for im in chosen])
+            for _ in range(warmup_batches):
+                pipeline()
+            n_pipe, t_pipe = _timed_loop(pipeline, duration_s)
+            n_inf, t_inf = _timed_loop(lambda t=tensor: engine.infer(t), duration_s)
+            results.append(RawResult(
+                batch_size=b,
+                pipeline_images_per_s=n_pipe * b / t_pipe,
+                infer_images_per_s=n_inf * b / t_inf,
+                pipeline_batches=n_pipe,
+                infer_batches=n_inf,
+                pipeline_ms_per_batch=t_pipe / n_pipe * 1000.0,
+                infer_ms_per_batch=t_inf / n_inf * 1000.0,
+            ))
+    finally:
+        engine.close()
+    return results

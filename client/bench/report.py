@@ -1,0 +1,141 @@
+"""`detserve-bench report`: a markdown table, PNG plots and a recommendation from results.json.
+
+The recommendation is the load level with the highest throughput whose p99 meets the SLO (and
+that had no errors and an unsaturated client), so it can always be checked against the table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detserve.client.bench.recorder import OK, records_from_columns
+from detserve.client.bench.resultsdoc import csv_rows
+
+PLOTS = ("throughput_vs_p99.png", "latency_cdf.png", "batch_sizes.png", "queue_vs_compute.png")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    setting: str
+    level: float
+    throughput_rps: float
+    p99_ms: float
+    slo_ms: float
+
+
+def recommend(rows: list[dict[str, Any]], slo_ms: float) -> Recommendation | None:
+    """Highest throughput among clean rows (no errors, client not saturated) with p99 <= SLO."""
+    ok = [r for r in rows if r["errors"] == 0 and not r["client_saturated"]
+          and r["ok"] > 0 and r["latency_p99_ms"] <= slo_ms]
+    if not ok:
+        return None
+    best = max(ok, key=lambda r: r["throughput_rps"])
+    return Recommendation(best["setting"], float(best["level"]), float(best["throughput_rps"]),
+                          float(best["latency_p99_ms"]), slo_ms)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+TABLE = (("setting", "setting"), ("level", "level"), ("throughput_rps", "req/s"),
+         ("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms"),
+         ("latency_p999_ms", "p99.9 ms"), ("batch_size_mean", "mean batch"),
+         ("server_queue_mean_ms", "queue ms"), ("server_inference_mean_ms", "infer ms"),
+         ("errors", "errors"), ("dropped_frames", "dropped"), ("client_cpu_cores", "client CPU"),
+         ("client_saturated", "client saturated"))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = "| " + " | ".join(h for _, h in TABLE) + " |"
+    sep = "|" + "|".join("---" for _ in TABLE) + "|"
+    body = ["| " + " | ".join(_fmt(r[k]) for k, _ in TABLE) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def raw_table(raw: list[dict[str, Any]]) -> str:
+    lines = ["| batch size | pipeline img/s | infer-only img/s | pipeline ms/batch |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['batch_size']} | {r['pipeline_images_per_s']:.1f} | "
+              f"{r['infer_images_per_s']:.1f} | {r['pipeline_ms_per_batch']:.2f} |" for r in raw]
+    return "\n".join(lines)
+
+
+def server_vs_raw(doc: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Per setting: best error-free throughput / raw pipeline rate at its max_batch_size."""
+    raw = {r["batch_size"]: r for r in doc.get("raw_engine", [])}
+    lines = []
+    for name in dict.fromkeys(r["setting"] for r in rows):
+        mine = [r for r in rows if r["setting"] == name and r["errors"] == 0]
+        if not mine or not mine[0]["max_batch_size"]:
+            continue
+        b = int(mine[0]["max_batch_size"])
+        if b not in raw:
+            continue
+        best = max(r["throughput_rps"] for r in mine)
+        ratio = best / raw[b]["pipeline_images_per_s"]
+        raw_rate = raw[b]["pipeline_images_per_s"]
+        lines.append(f"- {name}: {best:.1f} req/s ÷ raw engine {raw_rate:.1f} img/s at batch {b}"
+                     f" = **{ratio:.3f}**")
+    return lines
+
+
+def batching_gain(rows: list[dict[str, Any]]) -> str | None:
+    """Throughput with dynamic batching ÷ without, at the no-batching run's best p99."""
+    base = [r for r in rows if r["role"] == "no_batching" and r["errors"] == 0 and r["ok"]]
+    others = [r for r in rows if r["role"] != "no_batching" and r["errors"] == 0 and r["ok"]]
+    if not base or not others:
+        return None
+    b = max(base, key=lambda r: r["throughput_rps"])
+    fits = [r for r in others if r["latency_p99_ms"] <= b["latency_p99_ms"]]
+    if not fits:
+        return (f"no batching setting reached p99 <= {b['latency_p99_ms']:.1f} ms "
+                f"(the no-batching run's p99 at its best throughput)")
+    best = max(fits, key=lambda r: r["throughput_rps"])
+    gain = best["throughput_rps"] / b["throughput_rps"]
+    return (f"{best['setting']} at level {_fmt(best['level'])}: {best['throughput_rps']:.1f} "
+            f"req/s (p99 {best['latency_p99_ms']:.1f} ms) ÷ no batching "
+            f"{b['throughput_rps']:.1f} req/s (p99 {b['latency_p99_ms']:.1f} ms) = **{gain:.2f}**")
+
+
+def write_report(doc: dict[str, Any], out_dir: Path, slo_ms: float) -> Path:
+    """Write report.md and the PNG plots into `out_dir`; returns report.md's path."""
+    from detserve.client.bench.plots import write_plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = csv_rows(doc)
+    rec = recommend(rows, slo_ms)
+    write_plots(doc, rows, out_dir, slo_ms)
+    parts = [f"# detserve-bench report ({doc.get('created_utc', '')})", "",
+             f"Inputs: {doc.get('inputs')}", "", f"Versions: {doc.get('versions')}", "",
+             f"Host: {doc.get('host')}", "", "## Load levels", "", markdown_table(rows), ""]
+    if doc.get("raw_engine"):
+        parts += ["## Raw engine (no server, same inputs)", "", raw_table(doc["raw_engine"]), "",
+                  "### Server ÷ raw engine at the same batch size", "",
+                  *(server_vs_raw(doc, rows) or ["- (no setting with a matching batch size)"]),
+                  ""]
+    gain = batching_gain(rows)
+    if gain:
+        parts += ["## Dynamic batching ÷ no batching at equal p99", "", f"- {gain}", ""]
+    parts += ["## Recommendation", ""]
+    if rec is None:
+        parts.append(f"No error-free level met p99 <= {slo_ms:g} ms.")
+    else:
+        parts.append(f"**{rec.setting}** at level {rec.level:g}: {rec.throughput_rps:.1f} "
+                     f"req/s with p99 {rec.p99_ms:.1f} ms (SLO {slo_ms:g} ms): the highest "
+                     "throughput in the table above whose p99 meets the SLO.")
+    parts += ["", "## Plots", "", *(f"![{p}]({p})" for p in PLOTS), ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def ok_latencies(level: dict[str, Any]) -> list[float]:
+    """Latencies (ms) of the measured OK requests of one level, from the raw records."""
+    return [r.latency_ms for r in records_from_columns(level["records"])
+            if r.measured and r.code == OK]

@@ -1,0 +1,136 @@
+"""Runs a ladder of load levels against one server and collects the summaries and raw records."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import grpc.aio
+from tqdm import tqdm
+
+from detserve.client.bench.loads import (
+    MODES,
+    LevelRun,
+    LoadSettings,
+    run_camera,
+    run_closed,
+    run_open,
+)
+from detserve.client.bench.recorder import (
+    LevelSummary,
+    RequestRecord,
+    SaturationLimits,
+    records_to_columns,
+    summarize,
+)
+from detserve.client.bench.schedule import ARRIVALS
+from detserve.client.client import channel_options
+from detserve.protos import detection_pb2 as pb
+from detserve.protos import detection_pb2_grpc as pb_grpc
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """A ladder of levels: concurrencies (closed), rates in req/s (open), camera counts."""
+
+    mode: str
+    levels: tuple[float, ...]
+    settings: LoadSettings
+    arrivals: str = "poisson"
+    fps: float = 15.0
+    stale_after_ms: float | None = None  # cameras: default one frame period
+    pause_s: float = 0.5  # between levels, so one level's tail does not hit the next
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.arrivals not in ARRIVALS:
+            raise ValueError(f"arrivals must be one of {list(ARRIVALS)}, got {self.arrivals!r}")
+        if not self.levels or any(not (v > 0 and math.isfinite(v)) for v in self.levels):
+            raise ValueError(f"levels must be positive numbers, got {list(self.levels)!r}")
+        if self.mode != "open" and any(v != int(v) for v in self.levels):
+            raise ValueError(f"{self.mode} levels are counts (whole numbers), "
+                             f"got {list(self.levels)!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["levels"] = list(self.levels)
+        return out
+
+    def stale_ms(self) -> float | None:
+        if self.mode != "camera":
+            return None
+        return self.stale_after_ms if self.stale_after_ms is not None else 1000.0 / self.fps
+
+
+@dataclass
+class LevelResult:
+    summary: LevelSummary
+    records: list[RequestRecord]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.summary.to_json()
+        out["records"] = records_to_columns(self.records)
+        return out
+
+
+async def run_level(
+    stub: pb_grpc.DetectorStub, requests: Sequence[pb.DetectRequest], plan: LoadPlan,
+    level: float, progress: Callable[[int], None] | None = None,
+) -> LevelRun:
+    s = plan.settings
+    if plan.mode == "closed":
+        return await run_closed(stub, requests, int(level), s, progress)
+    if plan.mode == "open":
+        return await run_open(stub, requests, level, plan.arrivals, s, progress)
+    return await run_camera(stub, requests, int(level), plan.fps, s, progress)
+
+
+async def run_plan(
+    target: str, requests: Sequence[pb.DetectRequest], plan: LoadPlan, label: str = "",
+    show_progress: bool = True, limits: SaturationLimits | None = None,
+    on_level: Callable[[LevelResult], None] | None = None,
+) -> list[LevelResult]:
+    """Every level of `plan` against `target`, in order, on one shared channel."""
+    results: list[LevelResult] = []
+    async with grpc.aio.insecure_channel(
+        target, options=channel_options(MAX_MESSAGE_BYTES)
+    ) as channel:
+        stub = pb_grpc.DetectorStub(channel)  # type: ignore[no-untyped-call]
+        for level in plan.levels:
+            bar = tqdm(desc=f"{label} {plan.mode} {level:g}".strip(), unit="req",
+                       disable=not show_progress, leave=False, mininterval=0.5)
+            try:
+                run = await run_level(stub, requests, plan, level, bar.update)
+            finally:
+                bar.close()
+            summary = summarize(run.spec, run.records, run.client, run.offered_window_s,
+                                stale_after_ms=plan.stale_ms(), limits=limits)
+            result = LevelResult(summary, run.records)
+            results.append(result)
+            if on_level is not None:
+                on_level(result)
+            await asyncio.sleep(plan.pause_s)
+    return results
+
+
+def describe(summary: LevelSummary) -> str:
+    """One line per level for the terminal."""
+    lat = summary.latency
+    errors = ", ".join(f"{k}={v}" for k, v in summary.errors.items()) or "none"
+    line = (
+        f"{summary.spec.mode} {summary.spec.level:g}: {summary.throughput_rps:.1f} req/s, "
+        f"p50 {lat.p50_ms:.1f} p99 {lat.p99_ms:.1f} p99.9 {lat.p999_ms:.1f} ms, "
+        f"batch {summary.mean_batch_size:.2f}, queue {summary.server_ms['queue_ms']:.1f} ms, "
+        f"errors {errors}, client CPU {summary.client_cpu_cores:.2f} cores"
+    )
+    if summary.dropped or summary.stale:
+        line += f", dropped {summary.dropped}, stale {summary.stale}"
+    if summary.client_saturated:
+        line += f"  [CLIENT SATURATED: {summary.saturation_reason}]"
+    return line

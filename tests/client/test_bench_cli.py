@@ -1,0 +1,109 @@
+"""detserve-bench run / report against a real server: JSON, CSV columns, plots, recommendation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from detserve.client.bench.cli import main as bench_main
+from detserve.client.bench.report import recommend
+from detserve.client.bench.resultsdoc import CSV_COLUMNS, csv_rows, load_document
+
+from .conftest import ThreadedServer
+
+UNIT_SUFFIXES = ("_ms", "_rps", "_s", "_cores")
+COUNT_COLUMNS = {"level", "concurrency", "sent", "ok", "errors", "dropped_frames", "stale_frames",
+                 "max_batch_size", "instances", "cameras", "fps", "batch_size_mean"}
+
+
+def test_csv_columns_name_their_units() -> None:
+    for col in CSV_COLUMNS:
+        numeric = col not in {"setting", "role", "mode", "transport", "client_saturated"}
+        if numeric and col not in COUNT_COLUMNS:
+            assert col.endswith(UNIT_SUFFIXES), col
+
+
+def test_run_then_report(server: ThreadedServer, blocks_folder: Path, tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "closed.json"
+    code = bench_main(["run", "--target", server.target, "--mode", "closed", "--concurrency",
+                       "1", "3", "--warmup-s", "0.1", "--duration-s", "0.4", "--inputs",
+                       str(blocks_folder), "--input-count", "4", "--out", str(out),
+                       "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "closed 1:" in printed and "closed 3:" in printed
+    doc = load_document(out)
+    assert doc["versions"]["grpcio"] and doc["config"]["plan"]["levels"] == [1.0, 3.0]
+    (setting,) = doc["settings"]
+    assert setting["batching"]["max_batch_size"] == 4 and setting["model"] == "blocks@64"
+    for level in setting["levels"]:
+        raw = level["records"]
+        n = len(raw["scheduled_s"])
+        assert n > 0 and all(len(v) == n for v in raw.values())
+        assert sum(1 for m, c in zip(raw["measured"], raw["code"], strict=True)
+                   if m and c == "OK") == level["ok"]
+        assert all(d >= s for s, d in zip(raw["sent_s"], raw["done_s"], strict=True))
+    with out.with_suffix(".csv").open() as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
+        rows = list(reader)
+    assert [r["concurrency"] for r in rows] == ["1", "3"]
+    assert all(float(r["throughput_rps"]) > 0 and r["errors"] == "0" for r in rows)
+    assert all(float(r["latency_p50_ms"]) <= float(r["latency_p99_ms"]) for r in rows)
+
+    assert bench_main(["report", str(out), "--slo-ms", "10000"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    for png in ("throughput_vs_p99.png", "latency_cdf.png", "batch_sizes.png",
+                "queue_vs_compute.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    best = max(csv_rows(doc), key=lambda r: r["throughput_rps"])
+    rec = recommend(csv_rows(doc), 10000.0)
+    assert rec is not None and rec.throughput_rps == best["throughput_rps"]
+    assert f"{rec.throughput_rps:.1f} req/s" in report
+
+
+def test_open_and_camera_modes_from_the_cli(server: ThreadedServer, blocks_folder: Path,
+                                            tmp_path: Path) -> None:
+    common = ["--target", server.target, "--warmup-s", "0", "--duration-s", "0.3", "--inputs",
+              str(blocks_folder), "--no-progress"]
+    assert bench_main(["run", "--mode", "open", "--rate", "40", "--arrivals", "poisson",
+                       "--out", str(tmp_path / "open.json"), *common]) == 0
+    assert bench_main(["run", "--mode", "camera", "--cameras", "2", "--fps", "20",
+                       "--stream-policy", "latest", "--out", str(tmp_path / "cam.json"),
+                       *common]) == 0
+    open_doc = json.loads((tmp_path / "open.json").read_text())
+    cam_doc = json.loads((tmp_path / "cam.json").read_text())
+    o = open_doc["settings"][0]["levels"][0]
+    c = cam_doc["settings"][0]["levels"][0]
+    assert o["spec"]["arrivals"] == "poisson" and o["ok"] > 0
+    assert c["spec"]["transport"] == "stream" and c["spec"]["cameras"] == 2
+    assert c["ok"] + c["dropped"] == len(c["records"]["code"])
+
+
+def test_recommendation_respects_the_slo() -> None:
+    rows = [
+        {"setting": "a", "level": 1, "throughput_rps": 100.0, "latency_p99_ms": 20.0,
+         "errors": 0, "client_saturated": False, "ok": 10},
+        {"setting": "b", "level": 4, "throughput_rps": 300.0, "latency_p99_ms": 80.0,
+         "errors": 0, "client_saturated": False, "ok": 10},
+        {"setting": "c", "level": 8, "throughput_rps": 500.0, "latency_p99_ms": 150.0,
+         "errors": 0, "client_saturated": False, "ok": 10},
+        {"setting": "d", "level": 8, "throughput_rps": 400.0, "latency_p99_ms": 50.0,
+         "errors": 3, "client_saturated": False, "ok": 10},
+    ]
+    rec = recommend(rows, slo_ms=100.0)
+    assert rec is not None and (rec.setting, rec.throughput_rps) == ("b", 300.0)
+    assert recommend(rows, slo_ms=10.0) is None
+
+
+def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert bench_main(["report", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json" in capsys.readouterr().err
+    assert bench_main(["run", "--mode", "closed", "--concurrency", "0", "--out",
+                       str(tmp_path / "x.json")]) == 2
+    assert "levels must be positive numbers, got [0.0]" in capsys.readouterr().err
+    assert bench_main(["run", "--out", str(tmp_path / "x.json"), "--inputs", str(tmp_path)]) == 2
+    assert "no .jpg/.jpeg/.png files" in capsys.readouterr().err
