@@ -41,6 +41,7 @@ class RequestRecord:
     message: str = ""
     stream: bool = False
     model_version: str = ""
+    peer: str = ""
     batch_size: int = 0
     queue_ms: float = 0.0
     preprocess_ms: float = 0.0
@@ -141,12 +142,13 @@ class DetectCore:
         self.observer = observer
 
     async def detect(
-        self, request: pb.DetectRequest, deadline: float | None, stream: bool = False
+        self, request: pb.DetectRequest, deadline: float | None, stream: bool = False,
+        peer: str = "",
     ) -> pb.DetectResponse:
         """Run one request; raises RequestError. `deadline` is in time.monotonic() seconds."""
         arrived = time.perf_counter()
         record = RequestRecord(request.request_id, request.frame_id, request.model,
-                               grpc.StatusCode.OK, stream=stream)
+                               grpc.StatusCode.OK, stream=stream, peer=peer)
         try:
             response = await self._run(request, deadline, record)
         except asyncio.CancelledError:

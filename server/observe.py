@@ -34,6 +34,7 @@ def log_record(rec: RequestRecord) -> logs.RequestRecord:
         input_width=rec.image_width or None,
         input_height=rec.image_height or None,
         message=None if ok else rec.message,
+        peer=rec.peer or None,
     )
 
 

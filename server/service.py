@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -18,6 +19,12 @@ from detserve.server.registry import ModelRegistry, ServedModel
 from detserve.server.streams import StreamSettings, run_stream
 
 Context: TypeAlias = grpc.aio.ServicerContext[pb.DetectRequest, pb.DetectResponse]
+
+
+def _text(value: Any) -> str:
+    """Metadata values as strings: text as is, anything else as JSON (nested metrics stay
+    machine-readable)."""
+    return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
 
 
 def model_info(model: ServedModel) -> pb.ModelInfo:
@@ -53,7 +60,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         ),
         is_default=model.is_default,
         nms=m.nms,
-        metadata={str(k): str(v) for k, v in m.metadata.items()},
+        metadata={str(k): _text(v) for k, v in m.metadata.items()},
     )
 
 
@@ -105,7 +112,8 @@ class DetectorService(pb_grpc.DetectorServicer):
     async def Detect(self, request: pb.DetectRequest, context: Context) -> pb.DetectResponse:
         async with self._admitted(context):
             try:
-                return await self.core.detect(request, deadline_from(context))
+                return await self.core.detect(request, deadline_from(context),
+                                              peer=context.peer())
             except RequestError as exc:
                 await context.abort(exc.code, exc.message)
                 raise  # abort raises; this line only satisfies the type checker

@@ -75,10 +75,10 @@ def stream_policy(context: grpc.aio.ServicerContext[object, object], default: st
 
 
 async def _answer(
-    core: DetectCore, request: pb.DetectRequest, deadline: float | None
+    core: DetectCore, request: pb.DetectRequest, deadline: float | None, peer: str
 ) -> pb.DetectResponse:
     try:
-        response = await core.detect(request, deadline, stream=True)
+        response = await core.detect(request, deadline, stream=True, peer=peer)
         response.status.CopyFrom(status_pb2.Status(code=0))
     except RequestError as exc:
         response = pb.DetectResponse(
@@ -91,7 +91,7 @@ async def _answer(
 
 async def _block(
     requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
-    settings: StreamSettings,
+    settings: StreamSettings, peer: str,
 ) -> AsyncIterator[pb.DetectResponse]:
     max_in_flight = settings.max_in_flight
     slots = asyncio.Semaphore(max_in_flight)
@@ -106,7 +106,7 @@ async def _block(
                 request = await next_frame(requests, settings.stopping)
                 if request is None:
                     return
-                order.put_nowait(asyncio.create_task(_answer(core, request, deadline)))
+                order.put_nowait(asyncio.create_task(_answer(core, request, deadline, peer)))
         except Exception as exc:
             failure.append(exc)
         finally:
@@ -139,7 +139,7 @@ class _Latest:
 
 async def _latest(
     requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
-    settings: StreamSettings,
+    settings: StreamSettings, peer: str,
 ) -> AsyncIterator[pb.DetectResponse]:
     state = _Latest()
     failure: list[BaseException] = []
@@ -169,7 +169,7 @@ async def _latest(
                 await state.wake.wait()
                 continue
             state.pending = None
-            response = await _answer(core, request, deadline)
+            response = await _answer(core, request, deadline, peer)
             response.dropped_frames, state.dropped = state.dropped, 0
             yield response
         if failure:
@@ -193,9 +193,9 @@ async def run_stream(
         raise
     deadline = deadline_from(context)
     replies = (
-        _block(requests, core, deadline, settings)
+        _block(requests, core, deadline, settings, context.peer())
         if policy == "block"
-        else _latest(requests, core, deadline, settings)
+        else _latest(requests, core, deadline, settings, context.peer())
     )
     async for response in replies:
         yield response

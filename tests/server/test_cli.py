@@ -71,6 +71,8 @@ models:
                                                "detections", "max_score", "input_width")} == {
             "rpc": "Detect", "request_id": "cli-1", "model": "blocks@64", "status": "OK",
             "batch_size": 1, "detections": 1, "max_score": 1.0, "input_width": 64}
+        assert request_line["peer"].startswith("ipv4:127.0.0.1:")
+        assert request_line["total_ms"] >= request_line["inference_ms"] > 0
         url = f"http://127.0.0.1:{listening['metrics_port']}/metrics"
         with urllib.request.urlopen(url, timeout=WAIT_S) as response:
             metrics = response.read().decode()

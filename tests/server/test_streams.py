@@ -21,7 +21,10 @@ POLICY = "detserve-stream-policy"
 def frame(i: int) -> pb.DetectRequest:
     """Frame i: one block whose cell and colour follow i, so each reply is checkable."""
     x, y = 32 * (i % 2), 32 * ((i // 2) % 2)
-    return request_for(blocks_image(64, 64, [(x, y, i % 3)]), frame_id=i, request_id=f"f{i}")
+    request: pb.DetectRequest = request_for(
+        blocks_image(64, 64, [(x, y, i % 3)]), frame_id=i, request_id=f"f{i}"
+    )
+    return request
 
 
 def expected(i: int) -> list[tuple[str, float, list[float]]]:
