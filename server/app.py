@@ -95,7 +95,13 @@ async def start_server(
 ) -> Server:
     """Load the models, bind `config.address` and start serving."""
     registry = await ModelRegistry.start(config, engine_factory)
-    observer = build_observer(config)
+    try:
+        observer = build_observer(config)
+    except OSError as exc:
+        await registry.stop(drain=False)
+        raise ServerStartError(
+            f"could not serve metrics on {config.host}:{config.metrics_port}: {exc}"
+        ) from exc
     try:
         return await _start(config, registry, observer, on_stream_drop)
     except BaseException:
@@ -113,6 +119,8 @@ async def _start(
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        # Without this a second server on a busy port binds too and they split the traffic.
+        ("grpc.so_reuseport", 0),
     ])
 
     def dropped(model: str) -> None:
@@ -136,7 +144,12 @@ async def _start(
     reflection.enable_server_reflection(
         (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(config.address)
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as exc:
+        raise ServerStartError(
+            f"could not bind gRPC address {config.address!r} (port in use?): {exc}"
+        ) from exc
     if port == 0:
         raise ServerStartError(f"could not bind gRPC address {config.address!r}")
     await server.start()

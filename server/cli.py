@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from detserve.server.app import serve
+    from detserve.server.app import ServerStartError, serve
 
     args = build_parser().parse_args(argv)
     overrides = {
@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ManifestError) as exc:
         print(f"detserve-server: error: {exc}", file=sys.stderr)
         return 2
+    except ServerStartError as exc:
+        print(f"detserve-server: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # a second Ctrl-C during the drain
         return 130
     return 0

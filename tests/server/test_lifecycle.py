@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from detserve.protos import detection_pb2 as pb
+from detserve.server.app import ServerStartError, start_server
 
 from .conftest import (
     WAIT_S,
@@ -181,3 +182,11 @@ async def test_cancelled_stream_releases_its_frames(start: Callable[..., Any],
     run.engines.first.gate.set()
     assert boxes_of(await run.stub.Detect(request_for(GOOD))) == GOOD_BOXES
     assert run.engines.first.batches == [1, 1]  # frame 0, then the new call; never frames 1-2
+
+
+async def test_busy_port_is_a_clear_error(start: Callable[..., Any], tiny_package: Path) -> None:
+    run: Running = await start()
+    config = server_config(blocks_model(tiny_package), port=run.server.port)
+    with pytest.raises(ServerStartError, match=f"'127.0.0.1:{run.server.port}' \\(port in use"):
+        await start_server(config)
+    assert boxes_of(await run.stub.Detect(request_for(GOOD))) == GOOD_BOXES
