@@ -52,6 +52,13 @@ def _register_quantize(subparsers: Any) -> None:
                         "images disjoint from val (default synthetic)")  # fmt: skip
     p.add_argument("--n", type=int, default=200, help="calibration images (100..500 typical)")
     p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument(
+        "--for",
+        dest="target",
+        default="cpu",
+        choices=["cpu", "tensorrt"],
+        help="cpu: uint8 activations (ONNX Runtime CPU); tensorrt: symmetric int8",
+    )
     p.add_argument("--out", default=None, help="new package dir (default: PACKAGE_int8 / _fp16)")
     p.add_argument(
         "--eval-data",
@@ -122,7 +129,11 @@ def _quantize(args: argparse.Namespace) -> int:
             return 0
         source = CalibrationSource(args.calib, args.n)
         result = quantize_int8(
-            args.package, args.out or _default_out(args.package, "int8"), source, args.method
+            args.package,
+            args.out or _default_out(args.package, "int8"),
+            source,
+            args.method,
+            target=args.target,
         )
         print(json.dumps({"package": str(result.package), "precision": "int8",
                           "float_tail_nodes": result.float_nodes,

@@ -37,6 +37,7 @@ _WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 _STALE_KEYS = ("val_metrics", "score_threshold_choice")
 Method = Literal["minmax", "entropy", "percentile"]
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+QUANT_TARGETS: tuple[str, ...] = ("cpu", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -213,9 +214,12 @@ def quantize_int8(
     source: CalibrationSource,
     method: str = "minmax",
     keep_float_tail: bool = True,
+    target: str = "cpu",
 ) -> QuantizeResult:
     """Write an INT8 QDQ copy of the fp32 package at `src_dir` to `out_dir`.
 
+    `target="cpu"`: uint8 activations with zero points (what ONNX Runtime's CPU kernels favour);
+    `target="tensorrt"`: int8 symmetric activations, the only Q/DQ form TensorRT accepts.
     `keep_float_tail=False` quantizes the decode tail too; it exists to measure the pitfall.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -223,6 +227,9 @@ def quantize_int8(
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {list(METHODS)}, got {method!r}")
+    if target not in QUANT_TARGETS:
+        raise ValueError(f"--for must be one of {list(QUANT_TARGETS)}, got {target!r}")
+    symmetric = target == "tensorrt"
     package, out = load_package(src_dir), Path(out_dir)
     _check_out(package, out)
     if not source.synthetic:
@@ -240,15 +247,16 @@ def quantize_int8(
         _name_nodes(model)
         onnx.save(model, str(pre))
         tail = float_tail_nodes(model) if keep_float_tail else []
-        target = out / package.manifest.model_file
+        model_out = out / package.manifest.model_file
         quantize_static(
-            str(pre), str(target), _reader(source, package.manifest),
+            str(pre), str(model_out), _reader(source, package.manifest),
             quant_format=QuantFormat.QDQ, per_channel=True,
-            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             calibrate_method=calibrate, nodes_to_exclude=tail,
-            extra_options={"CalibTensorRangeSymmetric": False},
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
         )  # fmt: skip
-    quantized = sum(n.op_type == "DequantizeLinear" for n in onnx.load(str(target)).graph.node)
+    quantized = sum(n.op_type == "DequantizeLinear" for n in onnx.load(str(model_out)).graph.node)
     import onnxruntime
 
     meta = _derived_metadata(package.manifest, {
@@ -256,7 +264,8 @@ def quantize_int8(
         "quantization": {
             "tool": f"onnxruntime.quantization {onnxruntime.__version__} quantize_static",
             "format": "QDQ", "weights": "int8, per output channel",
-            "activations": "uint8, per tensor", "method": method,
+            "activations": "int8 symmetric" if symmetric else "uint8 with zero point",
+            "target": target, "method": method,
             "float_tail_nodes": len(tail),
         },
     })  # fmt: skip

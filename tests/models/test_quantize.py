@@ -151,6 +151,21 @@ def test_quantizing_the_tail_wrecks_scores(
     assert err_naive > 10 * err_tail
 
 
+def test_tensorrt_target_uses_symmetric_int8_activations(
+    detector_package: Path, scene_batch: np.ndarray, tmp_path: Path
+) -> None:
+    out = quantize_int8(
+        detector_package, tmp_path / "trt", CalibrationSource("synthetic", 8), target="tensorrt"
+    ).package
+    model = onnx.load(str(out / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    assert load_package(out).manifest.metadata["quantization"]["target"] == "tensorrt"
+    err = np.abs(_run(out, scene_batch)[:, 4:] - _run(detector_package, scene_batch)[:, 4:])
+    assert float(err.max()) < 0.05
+
+
 def test_float_tail_stops_at_learned_convs_but_takes_the_dfl_conv() -> None:
     f = TensorProto.FLOAT
     w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
@@ -205,6 +220,8 @@ def test_bad_arguments_name_the_value(detector_package: Path, int8_package: Path
     src = CalibrationSource("synthetic", 1)
     with pytest.raises(ValueError, match=r"--method must be one of .* got 'kl'"):
         quantize_int8(detector_package, detector_package.parent / "x", src, "kl")
+    with pytest.raises(ValueError, match=r"--for must be one of .* got 'gpu'"):
+        quantize_int8(detector_package, detector_package.parent / "w", src, target="gpu")
     with pytest.raises(ValueError, match="--out must differ"):
         quantize_int8(detector_package, detector_package, src)
     with pytest.raises(ValueError, match="has precision 'int8'"):
