@@ -34,8 +34,9 @@ class PrecisionChoice:
     note: str = ""
 
 
-def choose_precision(requested: str, package_precision: str,
-                     capabilities: Sequence[str]) -> PrecisionChoice:
+def choose_precision(
+    requested: str, package_precision: str, capabilities: Sequence[str]
+) -> PrecisionChoice:
     """Resolve a requested precision against the package and the CPU's capabilities.
 
     `auto` means the fastest precision the package and CPU allow: the package's own INT8, else
@@ -59,6 +60,17 @@ def choose_precision(requested: str, package_precision: str,
             requested, "f32", "bf16 requested but this CPU does not report BF16; running f32"
         )
     return PrecisionChoice(requested, requested)
+
+
+def _float_precision(effective: str) -> str:
+    """The CPU plugin's precision for ops that are not quantized.
+
+    An INT8 package keeps its decode tail float on purpose; left to itself the plugin would run
+    that tail in bf16 on a BF16 CPU (box coordinates to 640 px with an 8-bit mantissa). Measured
+    on a random-weight demo detector at 320: f32 here was no slower, and the median box error of
+    confident anchors against FP32 fell from 0.176 to 0.127 px.
+    """
+    return "f32" if effective == "int8" else effective
 
 
 def _manifest_precision(effective: str) -> str:
@@ -89,17 +101,19 @@ class OpenVinoEngine:
                 f"openvino performance_hint must be one of {list(HINTS)}, got {performance_hint!r}"
             )
         for name, value in (("num_threads", num_threads), ("num_streams", num_streams)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ValueError(f"openvino {name} must be an integer >= 1, got {value!r}")
         core = ov.Core()
         caps = list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
         self._choice = choose_precision(precision, package.manifest.precision, caps)
         if self._choice.note:
             log.warning("openvino: %s", self._choice.note)
-        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
-        if self._choice.effective in ("f32", "bf16"):
-            config["INFERENCE_PRECISION_HINT"] = self._choice.effective
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": performance_hint,
+            "INFERENCE_PRECISION_HINT": _float_precision(self._choice.effective),
+        }
         if num_threads is not None:
             config["INFERENCE_NUM_THREADS"] = num_threads
         if num_streams is not None:
@@ -150,8 +164,12 @@ class OpenVinoEngine:
 
 
 def _compile(core: Any, package: ModelPackage, device: str, config: dict[str, Any]) -> Any:
-    key = (str(package.model_path.resolve()), package.model_path.stat().st_mtime_ns, device,
-           tuple(sorted((k, str(v)) for k, v in config.items())))
+    key = (
+        str(package.model_path.resolve()),
+        package.model_path.stat().st_mtime_ns,
+        device,
+        tuple(sorted((k, str(v)) for k, v in config.items())),
+    )
     with _COMPILED_LOCK:
         compiled = _COMPILED.get(key)
         if compiled is None:

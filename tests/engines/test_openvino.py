@@ -75,8 +75,9 @@ def test_compiled_model_cache_dir_is_written(tiny_package: Path, tmp_path: Path)
         ("auto", "int8", ["FP32", "BF16", "INT8"], "int8", False),
     ],
 )
-def test_choose_precision(requested: str, package: str, caps: list[str], effective: str,
-                          noted: bool) -> None:
+def test_choose_precision(
+    requested: str, package: str, caps: list[str], effective: str, noted: bool
+) -> None:
     choice = choose_precision(requested, package, caps)
     assert choice.effective == effective
     assert bool(choice.note) is noted

@@ -1,0 +1,147 @@
+"""NNCF INT8 OpenVINO IR packages of a small real detector with random (but lively) weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detserve.engines.manifest import Manifest, load_package, write_manifest
+from detserve.engines.openvino import OpenVinoEngine
+from detserve.engines.preprocess import prepare
+from detserve.models.detector import DetectorConfig, build_detector
+from detserve.models.quantize import CALIB_SEED_START, CalibrationSource
+from detserve.models.quantize_openvino import quantize_openvino
+from detserve.models.scenes import render_scene, split_seeds
+
+pytest.importorskip("nncf")
+
+SIZE = 96
+CALIB = 20
+
+
+def write_detector_package(root: Path, size: int = SIZE, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = build_detector(DetectorConfig(3, width_mult=0.25, depth_mult=0.34)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("dfl"):
+                continue
+            if p.ndim == 4:  # He init, so activations neither vanish nor saturate
+                p.normal_(0.0, (2.0 / (p.shape[1] * p.shape[2] * p.shape[3])) ** 0.5)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+    model.fuse()
+    root.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model, (torch.rand(1, 3, size, size),), str(root / "model.onnx"),
+        input_names=["images"], output_names=["output0"],
+        dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    manifest = Manifest(
+        name="tiny", version="1", classes=("a", "b", "c"), input_width=size, input_height=size,
+        metadata={"val_metrics": {"mAP@0.5": 0.5}, "torch_checkpoint": "model.pt"},
+    )  # fmt: skip
+    write_manifest(manifest, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fp32_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_detector_package(tmp_path_factory.mktemp("det"))
+
+
+@pytest.fixture(scope="module")
+def int8_package(fp32_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ov-int8")
+    result = quantize_openvino(fp32_package, out, CalibrationSource("synthetic", CALIB))
+    assert result.package == out and result.subset_size == CALIB
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_batch(fp32_package: Path) -> np.ndarray:
+    man = load_package(fp32_package).manifest
+    # Test-split scenes: never used for calibration, so this measures generalisation.
+    images = [render_scene(s, 320, 240).image for s in split_seeds("test", 4)]
+    return np.stack([prepare(img, man).tensor for img in images])
+
+
+def test_package_is_an_int8_ir_with_its_calibration_recorded(int8_package: Path) -> None:
+    package = load_package(int8_package)
+    m = package.manifest
+    assert (m.model_file, m.precision) == ("model.xml", "int8")
+    assert (int8_package / "model.bin").stat().st_size > 1000
+    cal = m.metadata["calibration"]
+    assert cal["seeds"] == f"[{CALIB_SEED_START}, {CALIB_SEED_START + CALIB})"
+    assert (cal["images"], cal["subset_size"]) == (CALIB, CALIB)
+    q = m.metadata["quantization"]
+    assert q["preset"] == "mixed" and q["float_tail_nodes"] > 10 and q["fake_quantize_ops"] > 40
+    assert m.metadata["fp32_val_metrics"] == {"mAP@0.5": 0.5}
+    assert "val_metrics" not in m.metadata and "torch_checkpoint" not in m.metadata
+
+
+def test_decode_tail_stays_float(int8_package: Path) -> None:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(int8_package / "model.xml"))
+    final = model.get_results()[0].input(0).get_source_output().get_node()
+    assert final.get_type_name() == "Concat"
+    feeders = [i.get_source_output().get_node() for i in final.inputs()]
+    assert "FakeQuantize" not in [f.get_type_name() for f in feeders]
+    sigmoid = next(f for f in feeders if f.get_type_name() == "Sigmoid")
+    assert sigmoid.input(0).get_source_output().get_node().get_type_name() != "FakeQuantize"
+
+
+def test_int8_engine_tracks_fp32(
+    fp32_package: Path, int8_package: Path, test_batch: np.ndarray
+) -> None:
+    fp32 = OpenVinoEngine(load_package(fp32_package), precision="f32", num_threads=1)
+    int8 = OpenVinoEngine(load_package(int8_package), num_threads=1)
+    assert int8.precision.effective == "int8" and int8.manifest.precision == "int8"
+    want, got = fp32.infer(test_batch)[0], int8.infer(test_batch)[0]
+    assert got.shape == want.shape == (4, 7, (SIZE // 8) ** 2 + (SIZE // 16) ** 2 + 9)
+    scores = want[:, 4:]
+    assert scores.std() > 0.03  # the scores vary, so the comparison means something
+    assert np.corrcoef(scores.ravel(), got[:, 4:].ravel())[0, 1] > 0.9
+    assert _confident_box_error(want, got) < 0.02 * SIZE
+    assert not np.allclose(want, got, atol=1e-4)  # really quantized, not a float copy
+
+
+def _confident_box_error(want: np.ndarray, got: np.ndarray) -> float:
+    best = want[:, 4:].max(axis=1)  # [B, N]
+    confident = best > np.quantile(best, 0.9)
+    return float(np.median(np.abs(want[:, :4] - got[:, :4]).transpose(0, 2, 1)[confident]))
+
+
+def test_quantizing_the_tail_too_costs_box_precision(
+    fp32_package: Path, int8_package: Path, test_batch: np.ndarray, tmp_path: Path
+) -> None:
+    naive = quantize_openvino(
+        fp32_package, tmp_path / "naive", CalibrationSource("synthetic", CALIB),
+        keep_float_tail=False,
+    )  # fmt: skip
+    assert naive.float_nodes == 0
+    assert load_package(naive.package).manifest.metadata["quantization"]["float_tail_nodes"] == 0
+    want = OpenVinoEngine(load_package(fp32_package), precision="f32", num_threads=1)
+    kept = OpenVinoEngine(load_package(int8_package), num_threads=1)
+    wide = OpenVinoEngine(load_package(naive.package), num_threads=1)
+    fp32 = want.infer(test_batch)[0]
+    kept_err = _confident_box_error(fp32, kept.infer(test_batch)[0])
+    naive_err = _confident_box_error(fp32, wide.infer(test_batch)[0])
+    assert naive_err > 1.5 * kept_err, (naive_err, kept_err)
+
+
+def test_bad_options_name_the_value(fp32_package: Path, int8_package: Path, tmp_path: Path) -> None:
+    source = CalibrationSource("synthetic", 4)
+    with pytest.raises(ValueError, match="got 'fast'"):
+        quantize_openvino(fp32_package, tmp_path / "a", source, preset="fast")
+    with pytest.raises(ValueError, match=r"subset_size must be an integer in \[1, 4\].*got 5"):
+        quantize_openvino(fp32_package, tmp_path / "b", source, subset_size=5)
+    with pytest.raises(ValueError, match="needs an fp32 package"):
+        quantize_openvino(int8_package, tmp_path / "c", source)
+    with pytest.raises(ValueError, match="must differ from the source"):
+        quantize_openvino(fp32_package, fp32_package, source)
