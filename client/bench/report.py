@@ -94,7 +94,7 @@ def batching_gain(rows: list[dict[str, Any]]) -> str | None:
     b = max(base, key=lambda r: r["throughput_rps"])
     fits = [r for r in others if r["latency_p99_ms"] <= b["latency_p99_ms"]]
     if not fits:
-        return (f"no batching setting reached p99 <= {b['latency_p99_ms']:.1f} ms "
+        return (f"no setting with batching reached p99 <= {b['latency_p99_ms']:.1f} ms "
                 f"(the no-batching run's p99 at its best throughput)")
     best = max(fits, key=lambda r: r["throughput_rps"])
     gain = best["throughput_rps"] / b["throughput_rps"]

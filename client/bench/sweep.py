@@ -81,12 +81,14 @@ def grid_settings(grid: Mapping[str, Any], no_batching: bool) -> list[tuple[str,
         raise ValueError(f"unknown sweep field(s) grid.{sorted(unknown)}")
     queue = int(grid.get("max_queue_size", 256))
     out: list[tuple[str, BatchSetting]] = []
-    for b, d, i in itertools.product(_list(grid, "max_batch_size", [8]),
-                                     _list(grid, "max_queue_delay_ms", [2.0]),
+    delays = _list(grid, "max_queue_delay_ms", [2.0])
+    for b, d, i in itertools.product(_list(grid, "max_batch_size", [8]), delays,
                                      _list(grid, "instances", [1])):
         if int(b) < 1 or int(i) < 1 or float(d) < 0:
             raise ValueError(f"bad grid point max_batch_size={b!r} max_queue_delay_ms={d!r} "
                              f"instances={i!r}")
+        if int(b) == 1 and d != delays[0]:
+            continue  # a batch of one never waits for company: the delay changes nothing
         role = "no_batching" if int(b) == 1 else "sweep"
         out.append((role, BatchSetting(int(b), float(d), int(i), queue)))
     if no_batching and not any(role == "no_batching" for role, _ in out):

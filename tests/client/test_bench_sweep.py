@@ -21,8 +21,10 @@ def test_grid_adds_the_no_batching_baseline() -> None:
     assert len(settings) == 9 and settings[0][0] == "no_batching"
     assert settings[0][1].max_batch_size == 1
     assert {s.name for _, s in settings[1:]} >= {"b4_d1ms_i1", "b8_d5ms_i2"}
-    in_grid = grid_settings({"max_batch_size": [1, 4]}, no_batching=True)
-    assert [role for role, _ in in_grid] == ["no_batching", "sweep"]
+    in_grid = grid_settings({"max_batch_size": [1, 4], "max_queue_delay_ms": [1, 5]},
+                            no_batching=True)
+    assert [role for role, _ in in_grid] == ["no_batching", "sweep", "sweep"]
+    assert [s.name for _, s in in_grid] == ["b1_d1ms_i1", "b4_d1ms_i1", "b4_d5ms_i1"]
 
 
 def test_short_sweep_writes_json_csv_plots_and_report(tiny_package: Path, blocks_folder: Path,

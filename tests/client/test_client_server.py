@@ -145,3 +145,30 @@ def test_cli_models(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) 
     out = json.loads(capsys.readouterr().out)
     assert out["default_model"] == "blocks@64"
     assert out["models"][0]["classes"] == ["red", "green", "blue"]
+
+
+def test_cli_stream_synthetic(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code = client_main(["stream", "--synthetic", "--frames", "4", "--width", "96", "--height",
+                        "64", "--fps", "50", "--json", "--target", server.target])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert code == 0
+    assert [x["frame_id"] for x in lines] == [1, 2, 3, 4]
+    assert all(x["image_size"] == [96, 64] and "error" not in x for x in lines)
+
+
+def test_cli_stream_video_file(server: ThreadedServer, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (64, 64))
+    frame = blocks_image(64, 64, [(0, 0, RED)])
+    for _ in range(3):
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))  # VideoWriter takes BGR
+    writer.release()
+    code = client_main(["stream", str(path), "--json", "--target", server.target])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert code == 0 and len(lines) == 3
+    for line in lines:  # sent as BGR8 raw frames: the red block must stay red
+        assert [d["label"] for d in line["detections"]] == ["red"]
+        assert line["detections"][0]["bbox"] == [0.0, 0.0, 32.0, 32.0]
