@@ -37,6 +37,7 @@ from detserve.client.bench.resultsdoc import (
 )
 from detserve.client.bench.runner import LoadPlan, describe, run_plan
 from detserve.client.bench.schedule import ARRIVALS
+from detserve.client.results import DetectError
 
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
@@ -79,6 +80,9 @@ def _add_run(sub: Any) -> None:
                    help="measured requests per level, at most")
     p.add_argument("--timeout-s", type=float, default=10.0, help="per-call deadline (unary)")
     p.add_argument("--seed", type=int, default=0, help="Poisson schedule seed")
+    p.add_argument("--max-outstanding", type=int, default=10_000,
+                   help="open loop: requests in flight beyond this are counted as "
+                        "CLIENT_BACKLOG instead of sent")
     p.add_argument("--max-client-cpu", type=float, default=0.9,
                    help="client CPU (cores) above which a level is flagged 'client saturated'")
     p.add_argument("--raw-package", default=None,
@@ -124,6 +128,7 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
     settings = LoadSettings(transport=transport, warmup_s=args.warmup_s,
                             duration_s=args.duration_s, max_requests=args.max_requests,
                             timeout_s=args.timeout_s, streams=args.streams, seed=args.seed,
+                            max_outstanding=args.max_outstanding,
                             stream_policy=args.stream_policy)
     levels = {"closed": args.concurrency, "open": args.rate, "camera": args.cameras}[args.mode]
     return LoadPlan(args.mode, tuple(float(v) for v in levels), settings, args.arrivals,
@@ -132,7 +137,6 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
 
 async def _batching_of(target: str, model: str) -> tuple[dict[str, Any] | None, str]:
     from detserve.client.client import AsyncDetectClient
-    from detserve.client.results import DetectError
 
     async with AsyncDetectClient(target, timeout_s=10.0) as client:
         try:
@@ -212,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return cmd_report(args)
         return cmd_baseline(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, TimeoutError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError, TimeoutError, RuntimeError,
+            DetectError) as err:
         print(f"detserve-bench: error: {err}", file=sys.stderr)
         return 2
 

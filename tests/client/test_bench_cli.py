@@ -99,7 +99,8 @@ def test_recommendation_respects_the_slo() -> None:
     assert recommend(rows, slo_ms=10.0) is None
 
 
-def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                 blocks_folder: Path) -> None:
     assert bench_main(["report", str(tmp_path / "nope.json")]) == 2
     assert "nope.json" in capsys.readouterr().err
     assert bench_main(["run", "--mode", "closed", "--concurrency", "0", "--out",
@@ -107,3 +108,6 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert "levels must be positive numbers, got [0.0]" in capsys.readouterr().err
     assert bench_main(["run", "--out", str(tmp_path / "x.json"), "--inputs", str(tmp_path)]) == 2
     assert "no .jpg/.jpeg/.png files" in capsys.readouterr().err
+    assert bench_main(["run", "--target", "127.0.0.1:1", "--out", str(tmp_path / "x.json"),
+                       "--inputs", str(blocks_folder), "--no-progress"]) == 2
+    assert "UNAVAILABLE" in capsys.readouterr().err

@@ -89,7 +89,7 @@ async def test_cameras_under_block_policy_answer_every_frame(
     s = summarize(run.spec, run.records, run.client, run.offered_window_s, stale_after_ms=50.0)
     per_camera = [sum(1 for r in run.records if r.stream == c) for c in (0, 1)]
     # 20 fps for 0.5 s: about 10 frames per camera (the throttle paces, not bursts).
-    assert all(8 <= n <= 11 for n in per_camera), per_camera
+    assert all(6 <= n <= 11 for n in per_camera), per_camera
     assert s.ok == sum(per_camera) and s.dropped == 0 and s.errors == {}
     gaps = sorted(b.scheduled_s - a.scheduled_s for a, b in
                   zip(run.records, run.records[1:], strict=False) if a.stream == b.stream == 0)
