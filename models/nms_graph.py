@@ -43,23 +43,26 @@ class Yolov8Output:
     anchors: str | int
 
 
-def inspect_yolov8(model: onnx.ModelProto) -> Yolov8Output:
-    """Check that `model` has one output shaped [B, 4 + nc, N] and describe it."""
+def inspect_yolov8(model: onnx.ModelProto, num_classes: int | None = None) -> Yolov8Output:
+    """Check that `model` has one output shaped [B, 4 + nc, N] and describe it.
+
+    A symbolic row count (e.g. a TorchScript export) is resolved with `num_classes` (from the
+    manifest); a fixed one must agree with it.
+    """
     outputs = model.graph.output
     if len(outputs) != 1:
         names = [o.name for o in outputs]
         raise ValueError(f"a yolov8 graph has exactly one output, this one has {names}")
     out = outputs[0]
     dims = out.type.tensor_type.shape.dim
-    if len(dims) != 3 or not dims[1].HasField("dim_value") or dims[1].dim_value < 5:
-        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-        raise ValueError(
-            f"output {out.name!r} must have shape [B, 4 + nc, N] with a fixed 4 + nc >= 5, "
-            f"got {shape}"
-        )
-    return Yolov8Output(
-        out.name, _dim(dims[0], "batch"), dims[1].dim_value - 4, _dim(dims[2], "anchors")
-    )
+    shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+    rows = dims[1].dim_value if len(dims) == 3 and dims[1].HasField("dim_value") else None
+    if rows is None and len(dims) == 3 and num_classes is not None:
+        rows = 4 + num_classes
+    if rows is None or rows < 5 or (num_classes is not None and rows != 4 + num_classes):
+        want = "4 + nc >= 5" if num_classes is None else f"4 + {num_classes} classes"
+        raise ValueError(f"output {out.name!r} must have shape [B, {want}, N], got {shape}")
+    return Yolov8Output(out.name, _dim(dims[0], "batch"), rows - 4, _dim(dims[2], "anchors"))
 
 
 def _dim(dim: onnx.TensorShapeProto.Dimension, fallback: str) -> str | int:
@@ -242,7 +245,9 @@ def _at_least_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.version_converter.convert_version(model, MIN_OPSET)
 
 
-def add_nms_ort(model: onnx.ModelProto, cfg: NmsConfig) -> onnx.ModelProto:
+def add_nms_ort(
+    model: onnx.ModelProto, cfg: NmsConfig, num_classes: int | None = None
+) -> onnx.ModelProto:
     """A copy of `model` whose outputs are EfficientNMS's four, computed with standard ops."""
     if cfg.box_coding != "center_size":
         raise ValueError(f"yolov8 boxes are centre-size; box_coding was {cfg.box_coding!r}")
@@ -250,7 +255,7 @@ def add_nms_ort(model: onnx.ModelProto, cfg: NmsConfig) -> onnx.ModelProto:
         raise ValueError(
             f"the ort target supports background_class -1 only, got {cfg.background_class}"
         )
-    out = inspect_yolov8(model)
+    out = inspect_yolov8(model, num_classes)
     result = _at_least_opset(model)
     result = onnx.ModelProto.FromString(result.SerializeToString())
     graph = result.graph
@@ -264,11 +269,13 @@ def add_nms_ort(model: onnx.ModelProto, cfg: NmsConfig) -> onnx.ModelProto:
     return result
 
 
-def add_nms_tensorrt(model: onnx.ModelProto, cfg: NmsConfig) -> onnx.ModelProto:
+def add_nms_tensorrt(
+    model: onnx.ModelProto, cfg: NmsConfig, num_classes: int | None = None
+) -> onnx.ModelProto:
     """A copy of `model` ending in an EfficientNMS_TRT node (TensorRT only)."""
     import onnx_graphsurgeon as gs
 
-    out = inspect_yolov8(model)
+    out = inspect_yolov8(model, num_classes)
     graph = gs.import_onnx(model)
     raw = graph.outputs[0]
     batch = out.batch_dim
@@ -362,7 +369,7 @@ def add_nms_package(src_dir: Path, out_dir: Path, target: Target, cfg: NmsConfig
         raise ValueError(f"--out must differ from the source package directory {str(src_dir)!r}")
     model = onnx.load(str(package.model_path))
     build = add_nms_ort if target == "ort" else add_nms_tensorrt
-    result = build(model, cfg)
+    result = build(model, cfg, package.manifest.num_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx.save(result, str(out_dir / package.manifest.model_file))
     write_manifest(end2end_manifest(package.manifest, cfg, target), out_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -15,8 +17,8 @@ from detserve.models.efficient_nms_ref import (
 )
 
 
-def _cfg(**kw: object) -> NmsConfig:
-    base: dict[str, object] = {
+def _cfg(**kw: Any) -> NmsConfig:
+    base: dict[str, Any] = {
         "score_threshold": 0.25,
         "iou_threshold": 0.5,
         "max_output_boxes": 10,

@@ -195,8 +195,30 @@ def test_ort_graph_upgrades_old_opsets() -> None:
 def test_non_yolov8_graph_is_refused() -> None:
     model = passthrough_yolov8(2)
     model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 4
-    with pytest.raises(ValueError, match=r"output 'output0' must have shape \[B, 4 \+ nc, N\]"):
+    with pytest.raises(
+        ValueError, match=r"output 'output0' must have shape \[B, 4 \+ nc >= 5, N\]"
+    ):
         add_nms_ort(model, NmsConfig(0.3, 0.5, 5))
+    with pytest.raises(
+        ValueError, match=r"\[B, 4 \+ 3 classes, N\], got \['batch', 4, 'anchors'\]"
+    ):
+        add_nms_ort(model, NmsConfig(0.3, 0.5, 5), num_classes=3)
+
+
+def test_symbolic_row_count_is_resolved_from_the_manifest() -> None:
+    model = passthrough_yolov8(2)
+    model.graph.output[0].type.tensor_type.shape.dim[
+        1
+    ].dim_param = "rows"  # as torch.onnx leaves it
+    with pytest.raises(ValueError, match="must have shape"):
+        add_nms_ort(model, NmsConfig(0.3, 0.5, 5))
+    out = add_nms_ort(model, NmsConfig(0.3, 0.5, 5), num_classes=2)
+    raw = _raw(np.random.default_rng(0), 1, 2, 40)
+    sess = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+    num = sess.run(["num_dets"], {"raw": raw})[0]
+    assert num.tolist() == efficient_nms_yolov8(raw, NmsConfig(0.3, 0.5, 5)).num_detections.tolist()
+    trt = add_nms_tensorrt(model, NmsConfig(0.3, 0.5, 5), num_classes=2)
+    assert any(n.op_type == "EfficientNMS_TRT" for n in trt.graph.node)
 
 
 # --- host NMS (the server's yolov8 decoder) ---------------------------------------------------
@@ -384,7 +406,7 @@ def test_tensorrt_package_manifest(tiny_package: Path, tmp_path: Path) -> None:
 def test_package_errors_name_the_problem(tiny_package: Path, tmp_path: Path) -> None:
     cfg = NmsConfig(0.5, 0.5, 10)
     with pytest.raises(ValueError, match="target must be one of"):
-        add_nms_package(tiny_package, tmp_path / "x", "cuda", cfg)
+        add_nms_package(tiny_package, tmp_path / "x", "cuda", cfg)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="--out must differ"):
         add_nms_package(tiny_package, tiny_package, "ort", cfg)
     e2e = add_nms_package(tiny_package, tmp_path / "e2e", "ort", cfg)
