@@ -93,6 +93,7 @@ class OpenVinoEngine:
         performance_hint: str = "LATENCY",
         cache_dir: str | Path | None = None,
         device: str = "CPU",
+        static_batch_sizes: Sequence[int] = (),
     ) -> None:
         import openvino as ov
 
@@ -105,8 +106,9 @@ class OpenVinoEngine:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"openvino {name} must be an integer >= 1, got {value!r}")
+        sizes = _check_static_sizes(static_batch_sizes, package.manifest.max_batch_size)
         core = ov.Core()
-        caps = list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+        caps = cpu_capabilities(core, device)
         self._choice = choose_precision(precision, package.manifest.precision, caps)
         if self._choice.note:
             log.warning("openvino: %s", self._choice.note)
@@ -122,8 +124,12 @@ class OpenVinoEngine:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache_dir)
         self._compiled = _compile(core, package, device, config)
-        self._request = self._compiled.create_infer_request()
+        self._request: Any = self._compiled.create_infer_request()
         self._check_input(package.manifest)
+        # Per-size static models, smallest first: a batch runs on the smallest that holds it.
+        self._static: list[tuple[int, Any]] = [
+            (n, _compile(core, package, device, config, n).create_infer_request()) for n in sizes
+        ]
         meta = dict(package.manifest.metadata)
         meta["openvino_precision"] = self._choice.effective
         if self._choice.note:
@@ -132,6 +138,10 @@ class OpenVinoEngine:
             package.manifest, precision=_manifest_precision(self._choice.effective), metadata=meta
         )
         self.config = dict(config)
+        log.info(
+            "openvino: serving %s on %s at %s (requested %s), static batch sizes %s",
+            package.manifest.name, device, self._choice.effective, precision, list(sizes),
+        )  # fmt: skip
 
     @property
     def manifest(self) -> Manifest:
@@ -155,25 +165,63 @@ class OpenVinoEngine:
             )
 
     def infer(self, batch: npt.NDArray[np.float32]) -> Sequence[npt.NDArray[np.generic]]:
-        result = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        data = np.ascontiguousarray(batch, dtype=np.float32)
+        n = data.shape[0]
+        for size, request in self._static:
+            if size >= n:
+                if size > n:  # pad with zeros; the padded rows' outputs are dropped below
+                    data = np.concatenate([data, np.zeros((size - n, *data.shape[1:]), data.dtype)])
+                result = request.infer({0: data})
+                return [np.array(result[out][:n]) for out in request.model_outputs]
+        result = self._request.infer({0: data})
         return [np.array(result[out]) for out in self._compiled.outputs]
 
+    @property
+    def static_batch_sizes(self) -> tuple[int, ...]:
+        return tuple(n for n, _ in self._static)
+
     def close(self) -> None:
-        # The compiled model stays cached for other instances; the request goes with us.
+        # The compiled models stay cached for other instances; the requests go with us.
         self._request = None
+        self._static = []
 
 
-def _compile(core: Any, package: ModelPackage, device: str, config: dict[str, Any]) -> Any:
+def cpu_capabilities(core: Any, device: str) -> list[str]:
+    """What the device reports in OPTIMIZATION_CAPABILITIES (e.g. FP32, BF16, INT8)."""
+    return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+
+
+def _check_static_sizes(sizes: Sequence[int], max_batch: int) -> tuple[int, ...]:
+    for n in sizes:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_batch:
+            raise ValueError(
+                f"openvino static_batch_sizes must be integers in [1, {max_batch}] "
+                f"(the manifest's max_batch_size), got {list(sizes)!r}"
+            )
+    return tuple(sorted(set(sizes)))
+
+
+def _compile(
+    core: Any, package: ModelPackage, device: str, config: dict[str, Any], batch: int = 0
+) -> Any:
+    """The compiled model, shared by engines; `batch` > 0 fixes the batch dimension."""
     key = (
         str(package.model_path.resolve()),
         package.model_path.stat().st_mtime_ns,
         device,
+        batch,
         tuple(sorted((k, str(v)) for k, v in config.items())),
     )
     with _COMPILED_LOCK:
         compiled = _COMPILED.get(key)
         if compiled is None:
-            model = core.read_model(str(package.model_path))
+            # From the path when possible: with CACHE_DIR set, a cached blob then skips reading
+            # and converting the model altogether.
+            model: Any = str(package.model_path)
+            if batch:
+                man = package.manifest
+                model = core.read_model(model)
+                model.reshape({0: [batch, 3, man.input_height, man.input_width]})
             compiled = core.compile_model(model, device, config)
             _COMPILED[key] = compiled
         return compiled

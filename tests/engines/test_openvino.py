@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from detserve.engines import openvino as openvino_engine
 from detserve.engines.manifest import load_package
 from detserve.engines.openvino import OpenVinoEngine, choose_precision
 
@@ -19,6 +20,10 @@ def _blocks_batch() -> np.ndarray:
     batch[0, :, 0:32, 0:32] = [[[1.0]], [[0.0]], [[0.0]]]  # red block, top-left cell
     batch[2, :, 32:64, 32:64] = [[[0.0]], [[0.0]], [[1.0]]]  # blue block, bottom-right cell
     return batch
+
+
+def _first(engine: OpenVinoEngine, batch: np.ndarray) -> np.ndarray:
+    return np.asarray(engine.infer(batch)[0], np.float32)
 
 
 def _ort_outputs(package_dir: Path, batch: np.ndarray) -> list[np.ndarray]:
@@ -33,7 +38,7 @@ def test_f32_matches_onnxruntime(tiny_package: Path) -> None:
     want = _ort_outputs(tiny_package, batch)
     assert len(got) == len(want) == 1
     assert got[0].shape == (3, 7, 4)
-    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got[0], np.float32), want[0], atol=1e-5)
     assert engine.manifest.precision == "fp32"
     assert engine.kind == "openvino"
 
@@ -50,7 +55,7 @@ def test_dynamic_batch_sizes_share_one_compiled_model(tiny_package: Path) -> Non
 
 def test_bf16_when_the_cpu_has_it(tiny_package: Path) -> None:
     engine = OpenVinoEngine(load_package(tiny_package), precision="bf16", num_threads=1)
-    out = engine.infer(_blocks_batch())[0]
+    out = _first(engine, _blocks_batch())
     want = _ort_outputs(tiny_package, _blocks_batch())[0]
     # bf16 keeps 8 bits of mantissa: boxes up to 64 px are exact to about 0.25 px.
     np.testing.assert_allclose(out, want, atol=0.5)
@@ -92,3 +97,49 @@ def test_bad_settings_name_the_value(tiny_package: Path) -> None:
         OpenVinoEngine(load_package(tiny_package), num_threads=0)
     with pytest.raises(ValueError, match="performance_hint"):
         OpenVinoEngine(load_package(tiny_package), performance_hint="FAST")
+
+
+def test_static_batch_sizes_pad_up_and_match_the_dynamic_model(tiny_package: Path) -> None:
+    package = load_package(tiny_package)
+    dynamic = OpenVinoEngine(package, precision="f32", num_threads=1)
+    static = OpenVinoEngine(package, precision="f32", num_threads=1, static_batch_sizes=[4, 1])
+    assert static.static_batch_sizes == (1, 4)
+    rng = np.random.default_rng(0)
+    for size in (1, 3, 4, 6):  # exact, padded to 4, exact, above every static size (dynamic)
+        batch = rng.random((size, 3, 64, 64), dtype=np.float32)
+        got = _first(static, batch)
+        assert got.shape == (size, 7, 4)
+        np.testing.assert_allclose(got, _first(dynamic, batch), atol=1e-5)
+
+
+def test_bad_static_batch_sizes_name_the_value(tiny_package: Path) -> None:
+    with pytest.raises(ValueError, match=r"static_batch_sizes .* got \[0, 8\]"):
+        OpenVinoEngine(load_package(tiny_package), static_batch_sizes=[0, 8])
+
+
+def test_bf16_falls_back_to_f32_when_the_cpu_lacks_it(
+    tiny_package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The capability check is forced off; everything else (compile, infer) is real.
+    monkeypatch.setattr(openvino_engine, "cpu_capabilities", lambda core, device: ["FP32", "INT8"])
+    engine = OpenVinoEngine(load_package(tiny_package), precision="bf16", num_threads=1)
+    assert engine.precision.effective == "f32"
+    assert engine.config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert engine.manifest.precision == "fp32"
+    assert "does not report BF16" in engine.manifest.metadata["precision_note"]
+    want = _ort_outputs(tiny_package, _blocks_batch())[0]
+    np.testing.assert_allclose(_first(engine, _blocks_batch()), want, atol=1e-5)
+
+
+def test_second_load_reuses_the_disk_cache(tiny_package: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "ov-cache"
+    first = OpenVinoEngine(load_package(tiny_package), precision="f32", cache_dir=cache)
+    want = _first(first, _blocks_batch())
+    blobs = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    openvino_engine._COMPILED.clear()  # as after a restart: only the disk cache is left
+    second = OpenVinoEngine(load_package(tiny_package), precision="f32", cache_dir=cache)
+    assert second._compiled is not first._compiled
+    assert first._compiled.get_property("LOADED_FROM_CACHE") is False
+    assert second._compiled.get_property("LOADED_FROM_CACHE") is True
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == blobs  # nothing recompiled
+    np.testing.assert_array_equal(_first(second, _blocks_batch()), want)

@@ -102,7 +102,8 @@ def test_int8_engine_tracks_fp32(
     fp32 = OpenVinoEngine(load_package(fp32_package), precision="f32", num_threads=1)
     int8 = OpenVinoEngine(load_package(int8_package), num_threads=1)
     assert int8.precision.effective == "int8" and int8.manifest.precision == "int8"
-    want, got = fp32.infer(test_batch)[0], int8.infer(test_batch)[0]
+    want = np.asarray(fp32.infer(test_batch)[0], np.float32)
+    got = np.asarray(int8.infer(test_batch)[0], np.float32)
     assert got.shape == want.shape == (4, 7, (SIZE // 8) ** 2 + (SIZE // 16) ** 2 + 9)
     scores = want[:, 4:]
     assert scores.std() > 0.03  # the scores vary, so the comparison means something
@@ -129,9 +130,11 @@ def test_quantizing_the_tail_too_costs_box_precision(
     want = OpenVinoEngine(load_package(fp32_package), precision="f32", num_threads=1)
     kept = OpenVinoEngine(load_package(int8_package), num_threads=1)
     wide = OpenVinoEngine(load_package(naive.package), num_threads=1)
-    fp32 = want.infer(test_batch)[0]
-    kept_err = _confident_box_error(fp32, kept.infer(test_batch)[0])
-    naive_err = _confident_box_error(fp32, wide.infer(test_batch)[0])
+    fp32, got_kept, got_naive = (
+        np.asarray(e.infer(test_batch)[0], np.float32) for e in (want, kept, wide)
+    )
+    kept_err = _confident_box_error(fp32, got_kept)
+    naive_err = _confident_box_error(fp32, got_naive)
     assert naive_err > 1.5 * kept_err, (naive_err, kept_err)
 
 
