@@ -81,6 +81,8 @@ class _Run:
         self.t0 = time.perf_counter()
         self.cpu0 = time.process_time()
         self._next = 0
+        # Offset at which max_requests ended the level early (None: it ran its full time).
+        self.count_bound_at: float | None = None
 
     def next_request(self) -> pb.DetectRequest:
         req = self.requests[self._next % len(self.requests)]
@@ -93,7 +95,11 @@ class _Run:
         # window edge (k / rate == duration) falls on the same side whatever the rounding.
         offset = at - self.t0
         s = self.settings
-        if offset >= s.warmup_s + s.duration_s - _EDGE_S or self.measured >= s.max_requests:
+        if offset >= s.warmup_s + s.duration_s - _EDGE_S:
+            return None
+        if self.measured >= s.max_requests:
+            if self.count_bound_at is None:
+                self.count_bound_at = offset
             return None
         if offset < s.warmup_s - _EDGE_S:
             return False
@@ -119,7 +125,13 @@ class _Run:
     def finish(self, spec: LevelSpec) -> LevelRun:
         wall = time.perf_counter() - self.t0
         client = ClientLoad(wall_s=wall, cpu_s=time.process_time() - self.cpu0)
-        return LevelRun(spec, self.records, client, self.settings.duration_s)
+        return LevelRun(spec, self.records, client, self.offered_window_s())
+
+    def offered_window_s(self) -> float:
+        """The planned measurement window, or the part of it used when the count bound hit."""
+        if self.count_bound_at is None:
+            return self.settings.duration_s
+        return max(self.count_bound_at - self.settings.warmup_s, 1e-9)
 
 
 def _sender(stub: pb_grpc.DetectorStub, settings: LoadSettings) -> Sender:

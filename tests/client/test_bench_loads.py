@@ -47,8 +47,24 @@ async def test_closed_loop_is_bounded_by_count(server: ThreadedServer,
     assert all(1 <= r.batch_size <= 4 for r in measured)
     assert all(r.inference_ms > 0 and r.server_total_ms > 0 for r in measured)
     assert sum(s.batch_sizes.values()) == 30
+    # The count bound ended the level early: the window is the time actually used, not 5 s.
+    assert run.offered_window_s < 4.0
+    first = min(r.scheduled_s for r in measured)
+    span = max(r.done_s for r in measured) - first
+    assert s.window_s == pytest.approx(max(span, run.offered_window_s))
     assert s.throughput_rps == pytest.approx(30 / s.window_s)
     _consistent(s)
+
+
+async def test_open_loop_bounded_by_count_measures_its_own_window(
+        server: ThreadedServer, requests: list[pb.DetectRequest]) -> None:
+    settings = LoadSettings(warmup_s=0.1, duration_s=10.0, max_requests=20)
+    async with grpc.aio.insecure_channel(server.target) as ch:
+        run = await run_open(_stub(ch), requests, 100.0, "constant", settings)
+    s = summarize(run.spec, run.records, run.client, run.offered_window_s)
+    assert s.ok == 20
+    assert run.offered_window_s == pytest.approx(0.2, abs=1e-6)  # 20 requests at 100/s
+    assert s.offered_rps == pytest.approx(100.0, rel=1e-4)
 
 
 async def test_open_loop_constant_rate_sends_the_planned_requests(
