@@ -107,7 +107,7 @@ class DetectClient:
         self.target = target
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
-        self._stub = pb_grpc.DetectorStub(self._channel)
+        self._stub = pb_grpc.DetectorStub(self._channel)  # type: ignore[no-untyped-call]
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         """Block until the channel connects; DetectError UNAVAILABLE after `timeout_s`."""
@@ -205,7 +205,7 @@ class AsyncDetectClient:
         self._channel = grpc.aio.insecure_channel(
             target, options=channel_options(max_message_bytes)
         )
-        self._stub = pb_grpc.DetectorStub(self._channel)
+        self._stub = pb_grpc.DetectorStub(self._channel)  # type: ignore[no-untyped-call]
 
     @property
     def stub(self) -> pb_grpc.DetectorStub:
