@@ -4,7 +4,7 @@
         --duration-s 10 --out closed.json
     detserve-bench run --mode open --rate 20 40 --arrivals poisson --out open.json
     detserve-bench run --mode camera --cameras 8 --fps 15 --transport stream --out cams.json
-    detserve-bench sweep --config benchmarks/sweep_unary.yaml --out results/unary
+    detserve-bench sweep --config sweep.yaml --out results/unary
     detserve-bench report results/unary/results.json --slo-ms 100
     detserve-bench baseline --package models/packages/shapes_320 --batch-sizes 1 4 8
 
