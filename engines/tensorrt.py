@@ -237,9 +237,13 @@ class TensorRTEngine:
                 f"tensorrt engine expects a batch [B, {', '.join(map(str, self._chw))}] with "
                 f"1 <= B <= {top}, got {tuple(batch.shape)}"
             )
+        import torch
+
         n = batch.shape[0]
         size = padded_batch_size(n, self._allowed) if self._allowed else n
-        return [o[:n].copy() for o in self._run(pad_batch(batch, size))]
+        # Worker threads start on device 0; TensorRT runs on the thread's current device.
+        with torch.cuda.device(self._device):
+            return [o[:n].copy() for o in self._run(pad_batch(batch, size))]
 
     def _run(self, data: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
         import torch
