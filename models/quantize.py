@@ -76,8 +76,10 @@ def calib_seeds(n: int) -> list[int]:
 def _image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ValueError(f"--calib must be 'synthetic' or a folder of images, got {str(folder)!r}")
-    ann = folder / "annotations.json"
-    if ann.is_file():
+    # A COCO set keeps its images in <set>/images/ next to <set>/annotations.json.
+    for ann in (folder / "annotations.json", folder.parent / "annotations.json"):
+        if not ann.is_file():
+            continue
         from detserve.models.evaluate import dataset_split
 
         split = dataset_split(json.loads(ann.read_text()))

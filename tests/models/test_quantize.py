@@ -212,6 +212,11 @@ def test_val_folder_is_refused_for_calibration(detector_package: Path, tmp_path:
     (folder / "annotations.json").write_text(json.dumps({"info": {"split": "val"}}))
     with pytest.raises(ValueError, match="is the val split"):
         quantize_int8(detector_package, tmp_path / "q", CalibrationSource(str(folder), 1))
+    (folder / "images").mkdir()
+    with pytest.raises(ValueError, match="images' is the val split"):
+        quantize_int8(
+            detector_package, tmp_path / "q", CalibrationSource(str(folder / "images"), 1)
+        )
 
 
 def test_bad_arguments_name_the_value(detector_package: Path, int8_package: Path) -> None:
