@@ -1,0 +1,71 @@
+"""`detserve-model train | export | package`: the trainer's subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = "data/train/shapes"
+DEFAULT_CACHE = "data/cache"
+
+
+def register(subparsers: Any) -> None:
+    _register_train(subparsers)
+
+
+def _register_train(subparsers: Any) -> None:
+    p = subparsers.add_parser("train", help="train the demo detector on synthetic scenes")
+    p.add_argument("--out-dir", default=DEFAULT_OUT, help="checkpoints and history.jsonl")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--input-size", type=int, default=320)
+    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--depth-mult", type=float, default=1.0)
+    p.add_argument("--train-scenes", type=int, default=6000, help="size of the rendered pool")
+    p.add_argument("--val-scenes", type=int, default=300, help="val scenes for per-epoch mAP")
+    p.add_argument("--max-side", type=int, default=416,
+                   help="pool scenes are downscaled so their longer side is at most this")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that render the scene pools (scenes depend only on seeds)")
+    p.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between val evaluations")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="rendered scene pools")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from detserve.models.detector import DetectorConfig, count_parameters, build_detector
+    from detserve.models.scenes import CLASSES, TRAIN_SIZES, VAL_SIZES
+    from detserve.models.train import TrainConfig, train
+    from detserve.models.train_data import render_pool
+
+    det_cfg = DetectorConfig(len(CLASSES), args.width_mult, args.depth_mult)
+    cfg = TrainConfig(out_dir=args.out_dir, epochs=args.epochs, batch_size=args.batch_size,
+                      input_size=args.input_size, lr=args.lr, seed=args.seed,
+                      threads=args.threads, device=args.device, save_every=args.save_every,
+                      eval_every=args.eval_every)
+    resume = Path(args.out_dir) / "last.pt" if args.resume else None
+    if resume is not None and not resume.is_file():
+        raise SystemExit(f"--resume: no checkpoint at {str(resume)!r}")
+    cache = Path(args.cache_dir)
+    progress = not args.no_progress
+    pool = render_pool("train", args.train_scenes, TRAIN_SIZES, args.max_side, cache, progress,
+                       args.workers)
+    val = render_pool("val", args.val_scenes, VAL_SIZES, None, cache, progress, args.workers)
+    print(json.dumps({"detector": det_cfg.__dict__,
+                      "parameters": count_parameters(build_detector(det_cfg)),
+                      "train_scenes": len(pool), "val_scenes": len(val),
+                      "train_seeds": f"split_seeds('train', {args.train_scenes})",
+                      "val_seeds": f"split_seeds('val', {args.val_scenes})"}), flush=True)
+    result = train(det_cfg, cfg, pool, val, CLASSES, resume=resume, progress=progress)
+    print(json.dumps({"steps": result.steps, "final_loss": result.final_loss,
+                      "checkpoint": str(result.checkpoint)}))
+    return 0
