@@ -242,7 +242,8 @@ class TorchEngine:
                 self._network(inputs)
         torch.cuda.current_stream(self._dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: another engine's thread may touch CUDA while this one captures.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             slot.outputs = self._network(inputs)
         slot.graph = graph
         return slot

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +40,8 @@ def _write_detector_package(root: Path, score_threshold: float) -> Path:
     model.train()
     with torch.no_grad():
         for seq in model.head.cls:
-            seq[-1].bias.fill_(-2.0)
+            last = cast(torch.nn.Conv2d, list(seq.children())[-1])
+            torch.nn.init.constant_(cast(torch.Tensor, last.bias), -2.0)
         model(torch.rand(4, 3, SIZE, SIZE))
     model.eval()
     save_checkpoint(model, cfg, root / "model.pt")
@@ -72,6 +74,10 @@ def _onnx_outputs(package: Path, batch: npt.NDArray[np.float32]) -> npt.NDArray[
 
     session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(None, {"images": batch})[0], np.float32)
+
+
+def _f32(x: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+    return np.asarray(x, np.float32)
 
 
 def _identity_boxes(n: int) -> list[Letterbox]:
@@ -146,7 +152,7 @@ def test_end2end_nms_matches_host_decode_of_raw_output() -> None:
 def test_host_nms_output_matches_onnxruntime(det_package: Path,
                                              batch: npt.NDArray[np.float32]) -> None:
     engine = TorchEngine(det_package, device="cpu", nms="host", batch_sizes=(1, 2, 4))
-    (raw,) = engine.infer(batch)
+    raw = _f32(engine.infer(batch)[0])
     want = _onnx_outputs(det_package, batch)
     assert raw.shape == want.shape == (3, 7, 189)
     np.testing.assert_allclose(raw, want, atol=2e-3, rtol=1e-4)
@@ -181,9 +187,9 @@ def test_batch_of_three_runs_padded_to_four_and_answers_three_rows(
         det_package: Path, batch: npt.NDArray[np.float32]) -> None:
     engine = TorchEngine(det_package, device="cpu", nms="host", batch_sizes=(1, 2, 4))
     assert [engine.padded_size(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 4]
-    (raw,) = engine.infer(batch)
+    raw = _f32(engine.infer(batch)[0])
     assert engine.last_padded_size == 4 and raw.shape[0] == 3
-    (alone,) = engine.infer(batch[1:2])
+    alone = _f32(engine.infer(batch[1:2])[0])
     assert engine.last_padded_size == 1
     np.testing.assert_allclose(raw[1:2], alone, rtol=1e-5, atol=1e-3)
 
@@ -195,14 +201,15 @@ def test_batch_above_largest_size_is_split(det_package: Path,
     outs = engine.infer(big)
     assert outs[0].shape == (5, 1)
     np.testing.assert_array_equal(outs[0][3:], outs[0][:2])
-    np.testing.assert_allclose(outs[2][3:], outs[2][:2], atol=1e-5)
+    scores = _f32(outs[2])
+    np.testing.assert_allclose(scores[3:], scores[:2], atol=1e-5)
 
 
 def test_bf16_autocast_close_to_fp32(det_package: Path, batch: npt.NDArray[np.float32]) -> None:
     fp32 = TorchEngine(det_package, device="cpu", nms="host", batch_sizes=(4,))
     bf16 = TorchEngine(det_package, device="cpu", nms="host", precision="bf16",
                        batch_sizes=(4,))
-    (a,), (b,) = fp32.infer(batch), bf16.infer(batch)
+    a, b = _f32(fp32.infer(batch)[0]), _f32(bf16.infer(batch)[0])
     assert b.dtype == np.float32 and bf16.manifest.precision == "bf16"
     assert not np.array_equal(a, b)  # really ran in another precision
     score_err = np.abs(b[:, 4:] - a[:, 4:])
@@ -234,3 +241,53 @@ def test_missing_checkpoint_metadata_is_a_manifest_error(tmp_path: Path) -> None
                             input_height=64), tmp_path)
     with pytest.raises(ManifestError, match=r"'metadata.torch_checkpoint' .*got None"):
         TorchEngine(tmp_path, device="cpu")
+
+
+def test_factory_builds_torch_cuda_engine_from_options(det_package: Path) -> None:
+    from detserve.engines.factory import create_engine
+    from detserve.engines.manifest import load_package
+
+    package = load_package(det_package)
+    engine = create_engine(package, "torch-cuda",
+                           {"device": "cpu", "nms": "host", "batch_sizes": [1, 2]})
+    assert isinstance(engine, TorchEngine) and engine.batch_sizes == (1, 2)
+    with pytest.raises(ValueError, match=r"bad options .*'graphs'.*'torch-cuda'"):
+        create_engine(package, "torch-cuda", {"device": "cpu", "graphs": False})
+
+
+async def test_server_with_torch_cuda_gpu_nms_answers_like_onnxruntime(det_package: Path) -> None:
+    import grpc
+
+    from detserve.protos import detection_pb2 as pb
+    from detserve.protos import detection_pb2_grpc as pb_grpc
+    from detserve.server.app import start_server
+    from detserve.server.config import parse_config, validate
+
+    raw = {"host": "127.0.0.1", "port": 0, "metrics_port": None, "log_requests": False,
+           "models": [
+               {"name": "torch", "package": str(det_package), "engine": "torch-cuda",
+                "engine_options": {"device": "cpu", "nms": "gpu", "batch_sizes": [1, 2]},
+                "batching": {"max_batch_size": 2, "max_queue_delay_ms": 1}, "default": True},
+               {"name": "ort", "package": str(det_package), "engine": "onnxruntime"}]}
+    config = validate(parse_config(raw, det_package))
+    frame = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    image = pb.Image(raw=pb.RawFrame(data=frame.tobytes(), height=90, width=120,
+                                     pixel_format=pb.PIXEL_FORMAT_RGB8))
+    server = await start_server(config)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.DetectorStub(channel)  # type: ignore[no-untyped-call]
+            info = await stub.GetModelInfo(pb.GetModelInfoRequest(model="torch"))
+            got = await stub.Detect(pb.DetectRequest(model="torch", image=image))
+            want = await stub.Detect(pb.DetectRequest(model="ort", image=image))
+    finally:
+        await server.stop(1.0)
+    assert (info.engine, info.output_format, info.nms) == ("torch-cuda", "end2end", "gpu")
+    assert got.nms == "gpu" and want.nms == "host"
+    assert len(want.detections) >= 1
+    assert [d.class_id for d in got.detections] == [d.class_id for d in want.detections]
+    for g, w in zip(got.detections, want.detections, strict=True):
+        assert abs(g.score - w.score) < 1e-4
+        gb, wb = g.box, w.box
+        assert max(abs(gb.x1 - wb.x1), abs(gb.y1 - wb.y1), abs(gb.x2 - wb.x2),
+                   abs(gb.y2 - wb.y2)) < 0.05
