@@ -59,6 +59,9 @@ def _register_quantize(subparsers: Any) -> None:
         choices=["cpu", "tensorrt"],
         help="cpu: uint8 activations (ONNX Runtime CPU); tensorrt: symmetric int8",
     )
+    p.add_argument("--float-head", action="store_true",
+                   help="also keep the detection head's output convs in float (int8 steps hurt "
+                        "box regression most); the decode tail is always float")  # fmt: skip
     p.add_argument("--out", default=None, help="new package dir (default: PACKAGE_int8 / _fp16)")
     p.add_argument(
         "--eval-data",
@@ -134,6 +137,7 @@ def _quantize(args: argparse.Namespace) -> int:
             source,
             args.method,
             target=args.target,
+            float_head=args.float_head,
         )
         print(json.dumps({"package": str(result.package), "precision": "int8",
                           "float_tail_nodes": result.float_nodes,

@@ -135,8 +135,12 @@ def calibration_batches(
         yield np.stack(chunk)
 
 
-def float_tail_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes between the last learned layers and the outputs (kept in float)."""
+def float_tail_nodes(model: onnx.ModelProto, include_head: bool = False) -> list[str]:
+    """Names of the nodes between the last learned layers and the outputs (kept in float).
+
+    `include_head` also keeps those last learned layers (the detection head's output convs)
+    in float: they regress box distances and class logits, where int8 steps hurt most.
+    """
     producers = {out: node for node in model.graph.node for out in node.output}
     softmax_outputs = {o for n in model.graph.node if n.op_type == "Softmax" for o in n.output}
     seen: set[str] = set()
@@ -149,6 +153,8 @@ def float_tail_nodes(model: onnx.ModelProto) -> list[str]:
         seen.add(node.name)
         is_dfl = node.op_type == "Conv" and node.input[0] in softmax_outputs
         if node.op_type in _WEIGHT_OPS and not is_dfl:
+            if include_head:
+                tail.append(node.name)
             continue
         tail.append(node.name)
         stack.extend(i for i in node.input if i)
@@ -217,11 +223,13 @@ def quantize_int8(
     method: str = "minmax",
     keep_float_tail: bool = True,
     target: str = "cpu",
+    float_head: bool = False,
 ) -> QuantizeResult:
     """Write an INT8 QDQ copy of the fp32 package at `src_dir` to `out_dir`.
 
     `target="cpu"`: uint8 activations with zero points (what ONNX Runtime's CPU kernels favour);
     `target="tensorrt"`: int8 symmetric activations, the only Q/DQ form TensorRT accepts.
+    `float_head=True` also keeps the head's output convs in float (see float_tail_nodes).
     `keep_float_tail=False` quantizes the decode tail too; it exists to measure the pitfall.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -248,7 +256,7 @@ def quantize_int8(
         model = onnx.load(str(pre))
         _name_nodes(model)
         onnx.save(model, str(pre))
-        tail = float_tail_nodes(model) if keep_float_tail else []
+        tail = float_tail_nodes(model, float_head) if keep_float_tail else []
         model_out = out / package.manifest.model_file
         quantize_static(
             str(pre), str(model_out), _reader(source, package.manifest),
@@ -269,6 +277,7 @@ def quantize_int8(
             "activations": "int8 symmetric" if symmetric else "uint8 with zero point",
             "target": target, "method": method,
             "float_tail_nodes": len(tail),
+            "float_head": float_head,
         },
     })  # fmt: skip
     write_manifest(replace(package.manifest, precision="int8", metadata=meta), out)

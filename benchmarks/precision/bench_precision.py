@@ -53,6 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None, help="derived packages + val set (OUT/work)")
     p.add_argument("--n-calib", type=int, default=200, help="calibration images")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--float-head", action="store_true", help="keep the head's output convs float")
     p.add_argument("--n-val", type=int, default=200, help="val scenes for mAP")
     p.add_argument("--batch-sizes", default="1,2,4,8")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per side and setting")
@@ -271,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fp32 = args.package
     man = load_package(fp32).manifest
     int8 = work / f"{fp32.name}_int8"
-    q = quantize_int8(fp32, int8, CalibrationSource("synthetic", args.n_calib), args.calib_method)
+    source = CalibrationSource("synthetic", args.n_calib)
+    q = quantize_int8(fp32, int8, source, args.calib_method, float_head=args.float_head)
     print(f"int8 package {q.package}: {q.quantized_nodes} DequantizeLinear, "
           f"{q.float_nodes} float tail nodes", flush=True)  # fmt: skip
     coco_dir = work / "val"

@@ -182,6 +182,29 @@ def test_float_tail_stops_at_learned_convs_but_takes_the_dfl_conv() -> None:
     )  # fmt: skip
     tail = float_tail_nodes(helper.make_model(graph))
     assert sorted(tail) == ["concat", "dfl_conv", "sigmoid", "softmax"]
+    with_head = float_tail_nodes(helper.make_model(graph), include_head=True)
+    assert sorted(with_head) == ["concat", "dfl_conv", "head_conv", "sigmoid", "softmax"]
+
+
+def test_float_head_keeps_the_head_output_convs_float(
+    detector_package: Path, int8_package: Path, tmp_path: Path
+) -> None:
+    out = quantize_int8(
+        detector_package, tmp_path / "fh", CalibrationSource("synthetic", 8), float_head=True
+    )
+    assert load_package(out.package).manifest.metadata["quantization"]["float_head"] is True
+    model = onnx.load(str(out.package / "model.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    float_convs = [
+        n for n in model.graph.node
+        if n.op_type == "Conv" and n.input[1] in inits
+        and inits[n.input[1]].data_type == TensorProto.FLOAT
+    ]  # fmt: skip
+    # The DFL conv plus one box and one class output conv per stride (8, 16, 32).
+    assert len(float_convs) == 7
+    baseline = onnx.load(str(int8_package / "model.onnx"))
+    dq = [sum(n.op_type == "DequantizeLinear" for n in m.graph.node) for m in (model, baseline)]
+    assert dq[0] < dq[1]
 
 
 def test_calibration_seeds_are_disjoint_from_every_split() -> None:
