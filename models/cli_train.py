@@ -42,7 +42,7 @@ def _register_train(subparsers: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from detserve.models.detector import DetectorConfig, count_parameters, build_detector
+    from detserve.models.detector import DetectorConfig, build_detector, count_parameters
     from detserve.models.scenes import CLASSES, TRAIN_SIZES, VAL_SIZES
     from detserve.models.train import TrainConfig, train
     from detserve.models.train_data import render_pool

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -70,13 +70,13 @@ class ConvBnAct(nn.Module):
         if not isinstance(bn, nn.BatchNorm2d):
             return
         conv = self.conv
-        std = (bn.running_var + bn.eps).sqrt()
-        scale = bn.weight / std
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                          conv.stride, conv.padding, bias=True)
+        mean, var = cast(Tensor, bn.running_mean), cast(Tensor, bn.running_var)
+        scale = bn.weight / (var + bn.eps).sqrt()
+        k, s = conv.kernel_size[0], conv.stride[0]
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, k, s, k // 2, bias=True)
         with torch.no_grad():
             fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-            fused.bias.copy_(bn.bias - bn.running_mean * scale)  # type: ignore[union-attr]
+            cast(Tensor, fused.bias).copy_(bn.bias - mean * scale)
         self.conv = fused
         self.bn = nn.Identity()
 
@@ -190,10 +190,11 @@ class Head(nn.Module):
         # Start class scores near 0.01 at 320 px (YOLOv8's prior), so early BCE is not swamped by
         # thousands of confident background cells.
         for seq, stride in zip(self.cls, STRIDES, strict=True):
-            last = seq[-1]
-            nn.init.constant_(last.bias, math.log(5 / nc / (640 / stride) ** 2))
+            last = cast(nn.Conv2d, cast(nn.Sequential, seq)[-1])
+            nn.init.constant_(cast(Tensor, last.bias), math.log(5 / nc / (640 / stride) ** 2))
         for seq in self.box:
-            nn.init.constant_(seq[-1].bias, 1.0)
+            last = cast(nn.Conv2d, cast(nn.Sequential, seq)[-1])
+            nn.init.constant_(cast(Tensor, last.bias), 1.0)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         return [torch.cat([b(f), c(f)], 1) for f, b, c in zip(feats, self.box, self.cls,

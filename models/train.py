@@ -80,7 +80,7 @@ class ModelEma:
 
     def __init__(self, model: Detector, decay: float, ramp: float, updates: int = 0) -> None:
         device = next(model.parameters()).device
-        self.module = build_detector(model.cfg).to(device, memory_format=torch.channels_last)
+        self.module = build_detector(model.cfg).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.module.load_state_dict(model.state_dict())
         self.module.eval().requires_grad_(False)
         self.decay, self.ramp, self.updates = decay, ramp, updates
@@ -101,7 +101,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.lr * (cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+    cosine = 0.5 * (1 + math.cos(math.pi * t))
+    return cfg.lr * (cfg.final_lr_frac + (1 - cfg.final_lr_frac) * cosine)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -125,7 +126,7 @@ class _State:
 def _init_state(det_cfg: DetectorConfig, cfg: TrainConfig, resume: Path | None) -> _State:
     torch.manual_seed(cfg.seed)
     # On the device before the optimizer exists, so its state lives there too.
-    model = build_detector(det_cfg).to(cfg.device, memory_format=torch.channels_last)
+    model = build_detector(det_cfg).to(cfg.device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model.train()
     optimizer = make_optimizer(model, cfg)
     if resume is None:
@@ -233,7 +234,7 @@ def train(det_cfg: DetectorConfig, cfg: TrainConfig, pool: list[Sample], val: li
             targets = Targets.from_lists(batch.boxes, batch.classes).to(cfg.device)
             parts = loss_fn(state.model.raw(images), targets)
             state.optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
+            parts.total.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
             state.optimizer.step()
             state.ema.update(state.model)

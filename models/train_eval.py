@@ -75,7 +75,8 @@ def postprocess(pred: Tensor, score_threshold: float = 0.001, iou_threshold: flo
 
 
 def _coco_gt(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[str, Any]:
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for i, s in enumerate(samples):
         images.append({"id": i + 1, "width": s.image.shape[1], "height": s.image.shape[0]})
         for box, cls in zip(s.boxes, s.classes, strict=True):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from detserve.models.assign import TaskAlignedAssigner, box_iou_pairwise, ciou
+from detserve.models.assign import Assignment, TaskAlignedAssigner, box_iou_pairwise, ciou
 from detserve.models.detector import STRIDES, make_anchors
 
 SIZE = 64
@@ -16,7 +16,7 @@ def _grid() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _run(assigner: TaskAlignedAssigner, pred_boxes: torch.Tensor, gt: list[list[float]],
-         classes: list[int], valid: list[bool] | None = None, nc: int = 2):
+         classes: list[int], valid: list[bool] | None = None, nc: int = 2) -> Assignment:
     points, strides = _grid()
     n = len(points)
     scores = torch.full((1, n, nc), 0.5)

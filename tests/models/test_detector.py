@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -67,8 +68,9 @@ def _randomise_bn(model: torch.nn.Module) -> None:
     gen = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            n = m.num_features
+            cast(torch.Tensor, m.running_mean).copy_(torch.randn(n, generator=gen) * 0.1)
+            cast(torch.Tensor, m.running_var).copy_(torch.rand(n, generator=gen) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
 
 
@@ -95,11 +97,11 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_load_checkpoint_errors_name_the_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
         load_checkpoint(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     torch.save({"weights": 1}, bad)
-    with pytest.raises(ValueError, match="bad.pt"):
+    with pytest.raises(ValueError, match=r"bad\.pt"):
         load_checkpoint(bad)
 
 

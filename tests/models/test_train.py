@@ -39,7 +39,7 @@ def test_loss_falls_when_fitting_four_scenes(pool: list[Sample], tmp_path: Path)
     assert result.steps == 30
     first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
     assert last < 0.7 * first, (first, last)
-    model, cfg = load_checkpoint(result.checkpoint)
+    _, cfg = load_checkpoint(result.checkpoint)
     assert cfg == TINY
 
 
@@ -64,7 +64,7 @@ def test_resume_reproduces_the_uninterrupted_run(pool: list[Sample], tmp_path: P
 def test_resume_refuses_another_architecture(pool: list[Sample], tmp_path: Path) -> None:
     first = train(TINY, _cfg(tmp_path, max_steps=1), pool, [], CLASSES, progress=False)
     other = DetectorConfig(len(CLASSES), width_mult=0.5, depth_mult=0.34)
-    with pytest.raises(ValueError, match="width_mult=0.5"):
+    with pytest.raises(ValueError, match=r"width_mult=0\.5"):
         train(other, _cfg(tmp_path), pool, [], CLASSES, resume=first.checkpoint, progress=False)
 
 
