@@ -174,6 +174,20 @@ class TorchEngine:
             return parts[0]
         return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
+    def run_resident(self, size: int) -> Sequence[Tensor]:
+        """Network (+ GPU NMS) on the device-resident input buffer of batch size `size`, no host
+        copies: what the GPU itself costs, for benchmarks beside `infer`."""
+        slot = self._slots.get(size)
+        if slot is None:
+            raise ValueError(f"batch size {size} is not one of this engine's {list(self._sizes)}")
+        with torch.inference_mode(), self._on_stream():
+            preds = self._forward(slot)
+            outs = [preds] if self._nms == "host" else list(
+                yolov8_end2end(preds, self._settings).as_tuple())
+        if self._stream is not None:
+            self._stream.synchronize()
+        return outs
+
     def close(self) -> None:
         self._slots.clear()
         self._pinned.clear()

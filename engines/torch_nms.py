@@ -90,6 +90,9 @@ def torch_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold
 def _torchvision_nms() -> NmsFn | None:
     try:
         from torchvision.ops import batched_nms as tv_batched_nms
+
+        # A torchvision built for another torch imports fine but lacks its C++ ops: probe once.
+        tv_batched_nms(torch.zeros(1, 4), torch.ones(1), torch.zeros(1, dtype=torch.int64), 0.5)
     except Exception:  # torchvision absent, or built for another torch version
         return None
     return tv_batched_nms  # type: ignore[no-any-return]

@@ -50,6 +50,7 @@ class Plan:
     client_processes: int
     input_format: str
     server_start_s: float
+    server_min_s: float  # kept free for the server phase whatever the earlier phases do
     reserve_s: float = 20.0
 
     @classmethod
@@ -57,10 +58,10 @@ class Plan:
         if quick:
             return cls(320, 320, (1, 2, 4), ("fp32", "bf16"), 0.15, 60.0, (1, 2), 25.0,
                        gpu_server.LoadLadder((1, 4), (0.5,), 0.3, 1.0), min(clients, 2),
-                       input_format, 180.0, 10.0)
+                       input_format, 180.0, 60.0, 10.0)
         return cls(320, 640, (1, 2, 4, 8, 16, 32, 64), ("fp32", "fp16"), 0.4, 100.0,
                    (1, 8, 32), 30.0, gpu_server.LoadLadder((1, 16, 64, 128), (0.5, 0.9), 0.5, 2.5),
-                   clients, input_format, 150.0)
+                   clients, input_format, 150.0, 150.0)
 
 
 class Run:
@@ -79,10 +80,12 @@ class Run:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def phase(self, name: str, budget_s: float, fn: Callable[[float], None]) -> None:
-        """Run one phase with its own deadline; a failure is recorded and the run goes on."""
+    def phase(self, name: str, budget_s: float, fn: Callable[[float], None],
+              keep_s: float = 0.0) -> None:
+        """Run one phase with its own deadline, leaving `keep_s` for the phases after it; a
+        failure is recorded and the run goes on."""
         start = time.monotonic()
-        deadline = min(start + budget_s, self.deadline - self.plan.reserve_s)
+        deadline = min(start + budget_s, self.deadline - self.plan.reserve_s - keep_s)
         self.log(f"== phase {name}: {deadline - start:.0f} s budget")
         try:
             fn(deadline)
@@ -106,6 +109,9 @@ def _meta(device: str, plan: Plan, budget_s: float) -> dict[str, Any]:
         "device": device, "python": sys.version.split()[0], "torch": torch.__version__,
         "cuda": torch.version.cuda, "host": platform.node(), "cpu_count": os.cpu_count(),
         "budget_s": budget_s, "command": sys.argv, "plan": repr(plan),
+        # torch's defaults let "fp32" convolutions run as TF32 on Ampere and newer: say so.
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -210,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
                                              run.log))
         run.results["models"] = [m.to_json() for m in models]
 
-    run.phase("setup", 60.0, setup)
+    later = plan.nms_budget_s + plan.server_min_s
+    run.phase("setup", 60.0, setup, later + plan.engine_budget_s / 2)
     if models:
-        run.phase("engine", plan.engine_budget_s, phase_engine(run, models))
-        run.phase("nms", plan.nms_budget_s, phase_nms(run, models))
+        run.phase("engine", plan.engine_budget_s, phase_engine(run, models), later)
+        run.phase("nms", plan.nms_budget_s, phase_nms(run, models), plan.server_min_s)
         run.phase("server", run.left(), phase_server(run, models))
     try:
         gpu_report.write_all(run.results, args.out)

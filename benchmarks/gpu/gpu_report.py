@@ -187,9 +187,13 @@ def summary_text(results: dict[str, Any]) -> str:
     lines += ["Random weights are used for speed only (the network's cost does not depend on "
               "its weights).", "", "## Raw engine (TorchEngine.infer: H2D, network, GPU NMS, "
               "D2H)", ""]
-    lines += _table(["model", "input", "precision", "graphs", "batch", "ms/batch", "img/s"],
+    lines += _table(["model", "input", "precision", "graphs", "batch", "ms/batch", "img/s",
+                     "device-only ms", "device-only img/s"],
                     [[r["model"], r["input"], r["precision"], r["cuda_graphs"], r["batch"],
-                      r["ms_per_batch"], r["img_per_s"]] for r in results["engine"]])
+                      r["ms_per_batch"], r["img_per_s"], r.get("device_ms_per_batch"),
+                      r.get("device_img_per_s")] for r in results["engine"]])
+    lines += ["Device-only: the same network + GPU NMS on the device-resident input, without "
+              f"the host copies. cuDNN TF32 allowed: {m.get('cudnn_allow_tf32')}.", ""]
     lines += ["## GPU NMS vs host NMS (same predictions, every anchor a candidate)", ""]
     lines += _table(["batch", "candidates/img", "kept/img", "GPU ms", "host ms", "backend"],
                     [[r["batch"], r["candidates_per_image"], r["kept_per_image"], r["gpu_ms"],

@@ -291,3 +291,14 @@ async def test_server_with_torch_cuda_gpu_nms_answers_like_onnxruntime(det_packa
         gb, wb = g.box, w.box
         assert max(abs(gb.x1 - wb.x1), abs(gb.y1 - wb.y1), abs(gb.x2 - wb.x2),
                    abs(gb.y2 - wb.y2)) < 0.05
+
+
+def test_run_resident_uses_the_static_buffer_of_that_size(
+        det_package: Path, batch: npt.NDArray[np.float32]) -> None:
+    engine = TorchEngine(det_package, device="cpu", nms="gpu", batch_sizes=(1, 2))
+    via_infer = engine.infer(batch[:2])
+    outs = engine.run_resident(2)  # the buffer still holds the two rows just sent
+    assert [tuple(t.shape) for t in outs] == [(2, 1), (2, 20, 4), (2, 20), (2, 20)]
+    np.testing.assert_array_equal(outs[0].numpy(), via_infer[0])
+    with pytest.raises(ValueError, match=r"batch size 3 is not one of this engine's \[1, 2\]"):
+        engine.run_resident(3)
