@@ -13,6 +13,8 @@ DEFAULT_CACHE = "data/cache"
 
 def register(subparsers: Any) -> None:
     _register_train(subparsers)
+    _register_package(subparsers)
+    _register_card(subparsers)
 
 
 def _register_train(subparsers: Any) -> None:
@@ -68,4 +70,46 @@ def _train(args: argparse.Namespace) -> int:
     result = train(det_cfg, cfg, pool, val, CLASSES, resume=resume, progress=progress)
     print(json.dumps({"steps": result.steps, "final_loss": result.final_loss,
                       "checkpoint": str(result.checkpoint)}))
+    return 0
+
+
+def _register_package(subparsers: Any) -> None:
+    p = subparsers.add_parser("package", help="export a checkpoint as a model package "
+                              "(ONNX with parity check, manifest, float16 model.pt)")
+    p.add_argument("checkpoint", help="training checkpoint (e.g. data/train/shapes/last.pt)")
+    p.add_argument("--out", required=True, help="package folder to write")
+    p.add_argument("--input-size", type=int, default=320)
+    p.add_argument("--name", default="shapes")
+    p.add_argument("--version", default="1")
+    p.add_argument("--iou-threshold", type=float, default=0.6, help="NMS IoU")
+    p.add_argument("--train-command", required=True, help="the command that trained it")
+    p.add_argument("--data", required=True, help="the training/val data, in words and seeds")
+    p.set_defaults(func=_package)
+
+
+def _package(args: argparse.Namespace) -> int:
+    from detserve.models.package import TrainingFacts, machine_description, write_package
+    from detserve.models.scenes import CLASSES
+
+    facts = TrainingFacts(args.train_command, args.data, machine_description())
+    result = write_package(args.checkpoint, args.out, args.input_size, CLASSES, facts,
+                           args.name, args.version, args.iou_threshold)
+    print(f"wrote {result.root} ({result.parameters} parameters); {result.parity}")
+    return 0
+
+
+def _register_card(subparsers: Any) -> None:
+    p = subparsers.add_parser("card", help="write MODEL_CARD.md from the manifest and eval "
+                              "reports")
+    p.add_argument("package", help="model package folder")
+    p.add_argument("--report", action="append", required=True, metavar="EVAL_JSON",
+                   help="eval.json from `detserve-model eval --out` (repeat for each input)")
+    p.add_argument("--note", action="append", default=[], help="extra paragraph for the card")
+    p.set_defaults(func=_card)
+
+
+def _card(args: argparse.Namespace) -> int:
+    from detserve.models.package import read_reports, write_model_card
+
+    print(f"wrote {write_model_card(args.package, read_reports(args.report), args.note)}")
     return 0
