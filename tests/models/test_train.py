@@ -103,3 +103,20 @@ def test_train_config_rejects_bad_values(tmp_path: Path) -> None:
         _cfg(tmp_path, input_size=100)
     with pytest.raises(ValueError, match="max_steps must be >= 1 or None, got 0"):
         _cfg(tmp_path, max_steps=0)
+
+
+def test_cli_lists_subcommands_and_skips_only_missing_modules(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detserve.models import cli
+
+    args = cli.build_parser().parse_args(["train", "--epochs", "3", "--resume"])
+    assert (args.command, args.epochs, args.resume) == ("train", 3, True)
+    (tmp_path / "broken_cli_mod.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES",
+                        ("detserve.models.cli_train", "detserve.models.cli_not_written_yet"))
+    assert "package" in cli.build_parser().format_help()
+    # A subcommand module that exists but fails to import is a bug, never skipped.
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("broken_cli_mod",))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        cli.build_parser()
