@@ -42,6 +42,7 @@ class RequestRecord:
     stream: bool = False
     model_version: str = ""
     peer: str = ""
+    nms: str = ""  # where NMS ran: "host" (inside postprocess_ms) or in the engine run
     batch_size: int = 0
     queue_ms: float = 0.0
     preprocess_ms: float = 0.0
@@ -66,6 +67,19 @@ def _check_range(name: str, value: float, low: float, high: float, low_open: boo
     return float(value)
 
 
+def _check_fixed_iou(iou: float, model: ServedModel) -> None:
+    """NMS that runs inside the engine used the IoU threshold fixed when it was built; another
+    value cannot apply, and answering anyway would hide that."""
+    fixed = model.manifest.postprocess.iou_threshold
+    # The request field is a float32: 0.45 arrives as 0.44999998.
+    if model.manifest.nms != "host" and abs(iou - fixed) > 1e-6:
+        raise invalid(
+            f"iou_threshold {iou:g} cannot apply to model {model.key}: its NMS runs "
+            f"{model.manifest.nms} with the IoU threshold {fixed:g} fixed when it was built; "
+            f"omit iou_threshold or pick a model whose NMS runs on the host"
+        )
+
+
 def decode_params(request: pb.DetectRequest, model: ServedModel) -> DecodeParams:
     """The request's postprocessing settings, manifest defaults for unset fields; range-checked."""
     defaults = DecodeParams.from_manifest(model.manifest)
@@ -74,6 +88,7 @@ def decode_params(request: pb.DetectRequest, model: ServedModel) -> DecodeParams
         score = _check_range("score_threshold", request.score_threshold, 0.0, 1.0, False)
     if request.HasField("iou_threshold"):
         iou = _check_range("iou_threshold", request.iou_threshold, 0.0, 1.0, True)
+        _check_fixed_iou(iou, model)
     if request.HasField("max_detections"):
         if request.max_detections < 1:
             raise invalid(f"max_detections must be >= 1, got {request.max_detections}")
@@ -169,6 +184,7 @@ class DetectCore:
     ) -> pb.DetectResponse:
         model = self.registry.resolve(request.model)
         record.model, record.model_version = model.key, model.manifest.version
+        record.nms = model.manifest.nms
         params = decode_params(request, model)
         start = time.perf_counter()
         prepared = await asyncio.to_thread(

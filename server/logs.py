@@ -77,6 +77,7 @@ class RequestRecord:
     input_height: int | None = None
     message: str | None = None  # the error detail sent to the client, when not OK
     peer: str | None = None
+    nms: str | None = None  # "host": NMS time is in postprocess_ms; else in inference_ms
 
     def fields(self) -> dict[str, Any]:
         """JSON-ready values: plain floats/ints even if numpy scalars came in."""
@@ -99,6 +100,7 @@ class RequestRecord:
             "input_height": None if self.input_height is None else int(self.input_height),
             "message": self.message,
             "peer": self.peer,
+            "nms": self.nms,
         }
 
 

@@ -35,6 +35,7 @@ def log_record(rec: RequestRecord) -> logs.RequestRecord:
         input_height=rec.image_height or None,
         message=None if ok else rec.message,
         peer=rec.peer or None,
+        nms=rec.nms or None,
     )
 
 
