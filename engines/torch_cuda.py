@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,7 @@ class TorchEngine:
         warmup_iters: int = 2,
     ) -> None:
         self._package = package if isinstance(package, ModelPackage) else load_package(package)
+        self.graph_error = ""  # why capture failed, if it did (the engine then runs eagerly)
         self._dev = _resolve_device(device)
         self._precision = _check_choice(precision, tuple(PRECISIONS), "precision")
         self._amp_dtype = PRECISIONS[precision]
@@ -138,6 +140,21 @@ class TorchEngine:
         self._pool = torch.cuda.graph_pool_handle() if self._graphs else None
         self._slots: dict[int, _Slot] = {}
         self.last_padded_size = 0  # batch size the last chunk actually ran at
+        try:
+            self._make_slots(warmup_iters)
+        except RuntimeError as exc:
+            if not self._graphs:
+                raise
+            # A model that cannot be captured still serves, only slower: say so, don't die.
+            self.graph_error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"torch-cuda: CUDA graph capture failed, running eagerly: {exc}",
+                          RuntimeWarning, stacklevel=2)
+            self._graphs, self._pool = False, None
+            self._make_slots(warmup_iters)
+            self._manifest = self._engine_manifest()
+
+    def _make_slots(self, warmup_iters: int) -> None:
+        self._slots.clear()
         with torch.inference_mode():
             # Largest first: smaller graphs then reuse the pool memory the big one freed.
             for size in reversed(self._sizes):
@@ -157,6 +174,11 @@ class TorchEngine:
     @property
     def batch_sizes(self) -> tuple[int, ...]:
         return self._sizes
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether batches replay captured CUDA graphs (False on the CPU or after a failure)."""
+        return self._graphs
 
     @property
     def nms_backend(self) -> str:
@@ -220,6 +242,8 @@ class TorchEngine:
         meta: dict[str, Any] = dict(base.metadata)
         meta.update(torch_rebuild=REBUILD_HOW, torch_device=str(self._dev),
                     torch_cuda_graphs=self._graphs, torch_batch_sizes=list(self._sizes))
+        if self.graph_error:
+            meta["torch_cuda_graphs_error"] = self.graph_error
         if self._nms == "host":
             return dataclasses.replace(base, precision=self._precision, metadata=meta)
         meta.update(gpu_nms_backend=nms_backend(),

@@ -138,9 +138,15 @@ def phase_engine(run: Run, models: list[gpu_engine.BenchModel]) -> Callable[[flo
         for i, (model, prec, graphs) in enumerate(combos):
             share = (deadline - time.monotonic()) / (len(combos) - i)
             per_size = min(p.per_size_s, max(0.05, share / (2 * len(p.batch_sizes))))
-            run.results["engine"] += gpu_engine.engine_sweep(
-                model, run.device, prec, graphs, p.batch_sizes, per_size,
-                min(deadline, time.monotonic() + share), run.log)
+            try:
+                run.results["engine"] += gpu_engine.engine_sweep(
+                    model, run.device, prec, graphs, p.batch_sizes, per_size,
+                    min(deadline, time.monotonic() + share), run.log)
+            except Exception as exc:  # one failed combination must not cost the others
+                run.results["errors"].append({"phase": f"engine {model.label} {prec} "
+                                              f"graphs={graphs}", "error": repr(exc),
+                                              "traceback": traceback.format_exc()})
+                run.log(f"engine {model.label} {prec} graphs={graphs} FAILED: {exc!r}")
             run.save()
     return go
 

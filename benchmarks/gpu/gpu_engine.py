@@ -149,6 +149,9 @@ def engine_sweep(model: BenchModel, device: str, precision: str, graphs: bool,
     engine = TorchEngine(model.package, device=device, precision=precision, nms="gpu",
                          batch_sizes=batch_sizes, cuda_graphs=graphs)
     setup_s = time.perf_counter() - t0
+    if graphs and not engine.cuda_graphs and device.startswith("cuda"):
+        log(f"engine {model.label} {precision}: CUDA graphs FAILED, eager: {engine.graph_error}")
+    graphs = engine.cuda_graphs or (not device.startswith("cuda") and graphs)
     size = model.input_size
     rng = np.random.default_rng(0)
     rows = []
