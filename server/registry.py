@@ -9,6 +9,8 @@ failure raises, so the batcher fails that batch (INTERNAL) and lives on.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
 import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +25,7 @@ from detserve.engines.base import DecodeParams, Engine, Letterbox
 from detserve.engines.decode import decode_batch
 from detserve.engines.detections import Detections
 from detserve.engines.manifest import Manifest, ManifestError, ModelPackage, load_package
-from detserve.server.batcher import Batcher
+from detserve.server.batcher import Batcher, BatchingConfig
 from detserve.server.config import ConfigError, ModelConfig, ServerConfig
 from detserve.server.errors import RequestError
 
@@ -127,6 +129,52 @@ def _variant_of(manifest: Manifest) -> str:
     return str(w) if w == h else f"{w}x{h}"
 
 
+def engine_class(kind: str) -> Callable[..., Any] | None:
+    """The constructor behind an engine kind, or None where it is unknown or cannot import
+    (create_engine then reports that, naming the kind)."""
+    from detserve.engines.factory import ENGINE_KINDS
+
+    if kind not in ENGINE_KINDS:
+        return None
+    module_name, class_name = ENGINE_KINDS[kind]
+    try:
+        constructor: Callable[..., Any] = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return None
+    return constructor
+
+
+def batch_sizes_for(batching: BatchingConfig) -> tuple[int, ...]:
+    """The batch sizes an engine with one artefact per size (a CUDA graph) should build: powers
+    of two below the maximum, the preferred sizes and the maximum. A batch runs padded up to the
+    next one, so small batches stay cheap and no size the batcher forms is left out."""
+    top = batching.max_batch_size
+    powers = {1 << i for i in range(top.bit_length()) if 1 << i < top}
+    return tuple(sorted(powers | set(batching.preferred_batch_sizes) | {top}))
+
+
+def engine_options(
+    cfg: ModelConfig, constructor: Callable[..., Any] | None
+) -> dict[str, Any]:
+    """`cfg.engine_options`, plus the batching settings the engine's constructor takes by name
+    and the options do not set: engines that build per-batch-size artefacts (TensorRT
+    optimization profiles, CUDA graphs) must build them for the batches this server forms."""
+    options = dict(cfg.engine_options)
+    if constructor is None:
+        return options
+    batching = cfg.batching
+    derived: dict[str, Any] = {
+        "max_batch_size": batching.max_batch_size,
+        "preferred_batch_sizes": list(batching.preferred_batch_sizes),
+        "batch_sizes": list(batch_sizes_for(batching)),  # torch-cuda: one CUDA graph each
+    }
+    accepted = inspect.signature(constructor).parameters
+    for name, value in derived.items():
+        if name in accepted and name not in options:
+            options[name] = value
+    return options
+
+
 def _load(index: int, cfg: ModelConfig, factory: EngineFactory) -> list[Engine]:
     where = f"models[{index}]"
     try:
@@ -139,13 +187,13 @@ def _load(index: int, cfg: ModelConfig, factory: EngineFactory) -> list[Engine]:
             f"config field '{where}.batching.max_batch_size' is {cfg.batching.max_batch_size}, "
             f"above the model's input.max_batch_size {limit}"
         )
+    options = engine_options(cfg, engine_class(cfg.engine))
     try:
-        return [factory(package, cfg.engine, cfg.engine_options)
-                for _ in range(cfg.batching.instances)]
+        return [factory(package, cfg.engine, options) for _ in range(cfg.batching.instances)]
     except (ValueError, TypeError, RuntimeError) as exc:
         raise ConfigError(
             f"config field '{where}.engine' ({cfg.engine!r}, options "
-            f"{dict(cfg.engine_options)}) could not create an engine: {exc}"
+            f"{options}) could not create an engine: {exc}"
         ) from exc
 
 
