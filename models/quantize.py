@@ -1,9 +1,10 @@
 """The precision ladder's lower rungs: ONNX Runtime static INT8 (QDQ) and FP16 packages.
 
 INT8 (post-training, static):
-- Calibration images come from a set disjoint from val and test: synthetic scenes from the
-  seed range `CALIB_SEED_START` onward (train [0, 10M), val [10M, 20M), test [20M, 30M) in
-  `detserve.models.scenes`), or a folder of images; a COCO folder labelled val or test is refused.
+- Calibration images come from a set disjoint from val and test: synthetic scenes of the
+  "calib" split (`split_seeds("calib", n)`, seeds from `CALIB_SEED_START`; train, val and test
+  have their own ranges in `detserve.models.scenes`), or a folder of images; a COCO folder
+  labelled val or test is refused.
   They go through the server's own preprocessing (`detserve.engines.preprocess.prepare`).
 - `onnxruntime.quantization`'s pre-processing (shape inference + optimisation) runs first.
 - QDQ format, int8 weights per output channel, uint8 activations, MinMax / Entropy / Percentile.
@@ -27,8 +28,9 @@ import numpy.typing as npt
 import onnx
 
 from detserve.engines.manifest import Manifest, ModelPackage, load_package, write_manifest
+from detserve.models.scenes import split_seeds
 
-CALIB_SEED_START = 30_000_000  # after the test range; see the module docstring
+CALIB_SEED_START = split_seeds("calib", 1)[0]
 CALIB_MAX = 10_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 # Ops that carry a model's learned weights: the float tail search stops at them, except a conv
@@ -62,15 +64,17 @@ class CalibrationSource:
                 "seeds": f"[{CALIB_SEED_START}, {CALIB_SEED_START + self.n})",
                 "sizes": "VAL_SIZES, cycled",
                 "images": self.n,
+                "split": "calib",
                 "disjoint_from": "train [0, 10M), val [10M, 20M), test [20M, 30M)",
             }
         return {"source": str(Path(self.spec).resolve()), "images": self.n}
 
 
 def calib_seeds(n: int) -> list[int]:
+    """The synthetic calibration scenes' seeds: the first `n` of the "calib" split."""
     if not 0 <= n <= CALIB_MAX:
         raise ValueError(f"n must be in [0, {CALIB_MAX}], got {n}")
-    return list(range(CALIB_SEED_START, CALIB_SEED_START + n))
+    return split_seeds("calib", n)
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -21,7 +21,8 @@ What a scene holds, and why:
 - Scene sizes: `VAL_SIZES` (used for val and test) run from 320x320 to 640x480, so the
   letterbox to 320 shrinks by at most 2x; `TRAIN_SIZES` adds larger frames up to 1280x720.
 - Splits: `split_seeds` hands out fixed, disjoint seed ranges: train [0, 10M), val [10M, 20M),
-  test [20M, 30M). A box area in COCO files is the box area (w*h), which counts as small no
+  test [20M, 30M), calib [30M, 40M) (INT8 calibration images: never trained, validated or
+  tested on). A box area in COCO files is the box area (w*h), which counts as small no
   object that COCO's mask area would call medium.
 """
 
@@ -56,9 +57,9 @@ from detserve.models.scene_shapes import (
 __all__ = ["CLASSES", "MIN_VISIBLE", "TRAIN_SIZES", "VAL_SIZES", "Scene", "render_camera",
            "render_scene", "split_seeds", "write_coco"]
 
-Split = Literal["train", "val", "test"]
+Split = Literal["train", "val", "test", "calib"]
 Image = npt.NDArray[np.uint8]
-_SPLIT_START = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+_SPLIT_START = {"train": 0, "val": 10_000_000, "test": 20_000_000, "calib": 30_000_000}
 _SPLIT_SPAN = 10_000_000
 VAL_SIZES: tuple[tuple[int, int], ...] = (
     (320, 320), (416, 416), (480, 360), (512, 384), (640, 480), (640, 360))
@@ -92,7 +93,8 @@ def _check_size(width: int, height: int) -> None:
 
 
 def split_seeds(split: str, n: int) -> list[int]:
-    """The first `n` seeds of `split` ("train", "val" or "test"); ranges never overlap."""
+    """The first `n` seeds of `split` ("train", "val", "test" or "calib"); ranges never
+    overlap."""
     if split not in _SPLIT_START:
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_START)}")
     if not 0 <= n <= _SPLIT_SPAN:

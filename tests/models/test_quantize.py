@@ -207,11 +207,11 @@ def test_float_head_keeps_the_head_output_convs_float(
     assert dq[0] < dq[1]
 
 
-def test_calibration_seeds_are_disjoint_from_every_split() -> None:
-    with pytest.raises(ValueError):
-        split_seeds("test", 10_000_001)  # so the test range is at most [20M, 30M)
-    assert split_seeds("test", 1)[0] + 10_000_000 <= CALIB_SEED_START == calib_seeds(3)[0]
-    assert calib_seeds(3) == [30_000_000, 30_000_001, 30_000_002]
+def test_calibration_seeds_are_the_calib_split() -> None:
+    # The split ranges' disjointness is tested with the scenes (test_scenes.py).
+    assert calib_seeds(3) == split_seeds("calib", 3) == [30_000_000, 30_000_001, 30_000_002]
+    assert CALIB_SEED_START == 30_000_000
+    assert not set(calib_seeds(500)) & set(split_seeds("test", 500) + split_seeds("val", 500))
 
 
 def test_calibration_from_a_folder(detector_package: Path, tmp_path: Path) -> None:

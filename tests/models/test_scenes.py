@@ -74,6 +74,18 @@ def test_splits_are_disjoint_fixed_ranges() -> None:
         split_seeds("dev", 3)
 
 
+def test_calib_split_is_disjoint_from_train_val_and_test() -> None:
+    span = 10_000_000
+    starts = {s: split_seeds(s, 1)[0] for s in ("train", "val", "test", "calib")}
+    for split in starts:
+        assert split_seeds(split, 2)[1] == starts[split] + 1
+        with pytest.raises(ValueError, match=f"n must be in \\[0, {span}\\], got {span + 1}"):
+            split_seeds(split, span + 1)  # so a split never reaches past start + span
+    ordered = sorted(starts.values())
+    assert all(a + span <= b for a, b in zip(ordered, ordered[1:], strict=False))
+    assert split_seeds("calib", 3) == [30_000_000, 30_000_001, 30_000_002]
+
+
 def test_bad_scene_size_is_refused_with_the_value() -> None:
     with pytest.raises(ValueError, match=r"width .* got 10"):
         render_scene(0, 10, 320)
