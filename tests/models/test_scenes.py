@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_calib_split_is_disjoint_from_train_val_and_test() -> None:
         with pytest.raises(ValueError, match=f"n must be in \\[0, {span}\\], got {span + 1}"):
             split_seeds(split, span + 1)  # so a split never reaches past start + span
     ordered = sorted(starts.values())
-    assert all(a + span <= b for a, b in zip(ordered, ordered[1:], strict=False))
+    assert all(a + span <= b for a, b in itertools.pairwise(ordered))
     assert split_seeds("calib", 3) == [30_000_000, 30_000_001, 30_000_002]
 
 
