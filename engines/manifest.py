@@ -133,12 +133,12 @@ def _choice(value: Any, choices: tuple[str, ...], path: str) -> Any:
     return value
 
 
-def _int(value: Any, path: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ManifestError(
-            f"manifest field '{path}' must be an integer >= {minimum}, got {value!r}"
-        )
-    return value
+def _int(value: Any, path: str, minimum: int, maximum: int | None = None) -> int:
+    ok = not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+    if not ok or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ManifestError(f"manifest field '{path}' must be an integer {bound}, got {value!r}")
+    return int(value)
 
 
 def _float(value: Any, path: str, low: float, high: float) -> float:
@@ -177,7 +177,8 @@ def _preprocess(raw: Mapping[str, Any]) -> Preprocess:
             raw.get("color_order", d.color_order), COLOR_ORDERS, "preprocess.color_order"
         ),
         resize=_choice(raw.get("resize", d.resize), RESIZE_MODES, "preprocess.resize"),
-        pad_value=_int(raw.get("pad_value", d.pad_value), "preprocess.pad_value", 0),
+        # Padding fills uint8 pixels before scaling: 256 would wrap around to 0.
+        pad_value=_int(raw.get("pad_value", d.pad_value), "preprocess.pad_value", 0, 255),
         scale=_float(raw.get("scale", d.scale), "preprocess.scale", 1e-9, 1e9),
         mean=_triple(raw.get("mean", list(d.mean)), "preprocess.mean", positive=False),
         std=_triple(raw.get("std", list(d.std)), "preprocess.std", positive=True),
