@@ -8,6 +8,7 @@ disagrees with its model fails at start-up with the field and both values, not o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,52 @@ def _check_outputs(session: ort.InferenceSession, manifest: Manifest) -> None:
         )
 
 
+def _tensorrt_plugin_nodes(model_path: Path) -> list[str]:
+    """`name (op)` of every TensorRT plugin node (op type `*_TRT`) in the graph; none if the
+    file does not parse (the caller then re-raises ONNX Runtime's own error)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception:
+        return []
+    return [f"{n.name!r} ({n.op_type})" for n in model.graph.node if n.op_type.endswith("_TRT")]
+
+
+def _needs_tensorrt(package: ModelPackage, what: str) -> ValueError:
+    return ValueError(
+        f"model package {str(package.root)!r} needs the tensorrt engine: {what}, which ONNX "
+        f"Runtime cannot run. Serve it with engine 'tensorrt', or make an ONNX Runtime package "
+        f"from its yolov8 source with `detserve-model add-nms SOURCE --target ort`"
+    )
+
+
+def _check_not_tensorrt_only(package: ModelPackage) -> None:
+    nms_graph = package.manifest.metadata.get("nms_graph")
+    runs_on = nms_graph.get("runs_on") if isinstance(nms_graph, Mapping) else None
+    if runs_on is not None and runs_on != "onnxruntime":
+        raise _needs_tensorrt(
+            package, f"its manifest says metadata.nms_graph.runs_on: {runs_on} (NMS in a "
+            "TensorRT plugin such as EfficientNMS_TRT)"
+        )
+
+
+def _session(
+    package: ModelPackage, options: ort.SessionOptions, providers: Sequence[Provider]
+) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(
+            str(package.model_path), sess_options=options, providers=list(providers)
+        )
+    except Exception as exc:  # ORT's load errors derive from Exception only
+        plugins = _tensorrt_plugin_nodes(package.model_path)
+        if plugins:
+            raise _needs_tensorrt(
+                package, f"its graph holds TensorRT plugin node(s) {', '.join(plugins)}"
+            ) from exc
+        raise
+
+
 class OrtEngine:
     """Engine on onnxruntime; one instance per worker thread."""
 
@@ -110,10 +157,9 @@ class OrtEngine:
                     f"intra_op_threads must be >= 0 (0 = ORT's default), got {intra_op_threads}"
                 )
             options.intra_op_num_threads = intra_op_threads
+        _check_not_tensorrt_only(package)
         self._manifest = package.manifest
-        self._session = ort.InferenceSession(
-            str(package.model_path), sess_options=options, providers=chosen
-        )
+        self._session = _session(package, options, chosen)
         node = check_graph(self._session, self._manifest)
         self._input_name = node.name
         self._input_dtype = _INPUT_TYPES[node.type]
