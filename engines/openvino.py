@@ -3,6 +3,10 @@
 One compiled model is shared by every engine object made from the same package and settings, and
 each engine object (one per server instance) owns its own infer request, so instances overlap:
 `InferRequest.infer` releases the GIL while OpenVINO runs.
+
+Batch dimension: one dynamic-batch model by default; `static_batch_sizes` compiles one model per
+listed size as well, and a batch runs on the smallest that holds it (zero-padded, the padding's
+outputs dropped). benchmarks/openvino measures which is faster.
 """
 
 from __future__ import annotations

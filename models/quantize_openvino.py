@@ -9,6 +9,12 @@ concat) stays float through `nncf.IgnoredScope`: box coordinates (0..640) and si
 (0..1) meeting in one quantized tensor would share one scale, which wipes out score resolution.
 The tail is found on the OpenVINO graph itself (walk back from the outputs to the last learned
 convolutions), so it does not depend on how an exporter named the nodes.
+
+The predictor convolutions that feed the tail (per level: box distribution and class logits) stay
+float too, by default: they are a small share of the compute, and their outputs are what the
+decode turns into coordinates and scores. Measured on an epoch-2 checkpoint of the demo detector
+at 320 (200 val scenes, 200 calibration scenes), the mAP@0.5 drop against FP32 was 0.54 point
+with them quantized and 0.34 point with them float.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ _NO_COMPUTE = ("Constant", "Parameter")
 class OpenVinoQuantizeResult:
     package: Path
     float_nodes: int  # ops kept out of quantization (the decode tail)
+    float_predictors: int  # predictor convolutions kept float
     fake_quantize: int  # FakeQuantize ops in the quantized model
     subset_size: int  # calibration images NNCF used
 
@@ -64,6 +71,21 @@ def float_tail_ops(model: Any) -> list[str]:
         tail.append(name)
         stack.extend(i.get_source_output().get_node() for i in node.inputs())
     return tail
+
+
+def predictor_ops(model: Any, tail: list[str]) -> list[str]:
+    """Friendly names of the learned ops whose outputs feed the decode tail `tail`."""
+    in_tail = set(tail)
+    found = []
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() not in _WEIGHT_OPS or name in in_tail:
+            continue
+        users = (t.get_node().get_friendly_name() for o in op.outputs()
+                 for t in o.get_target_inputs())  # fmt: skip
+        if any(u in in_tail for u in users):
+            found.append(name)
+    return found
 
 
 class _CalibrationImages:
@@ -98,14 +120,16 @@ def quantize_openvino(
     subset_size: int | None = None,
     preset: str = "mixed",
     keep_float_tail: bool = True,
+    keep_float_predictors: bool = True,
     fast_bias_correction: bool = True,
 ) -> OpenVinoQuantizeResult:
     """Write an NNCF INT8 OpenVINO IR copy of the fp32 package at `src_dir` to `out_dir`.
 
     `subset_size` (default: all of `source`) is how many calibration images NNCF uses. `preset`
     "mixed" quantizes activations asymmetrically (SiLU outputs are lopsided around zero);
-    "performance" is symmetric. `keep_float_tail=False` quantizes the decode tail too; it exists
-    to measure the pitfall.
+    "performance" is symmetric. `keep_float_tail=False` quantizes the decode tail too (and the
+    predictors); it exists to measure the pitfall. `keep_float_predictors=False` quantizes the
+    predictor convolutions that feed the tail.
     """
     import nncf
     import openvino as ov
@@ -120,6 +144,7 @@ def quantize_openvino(
         )
     model = ov.Core().read_model(str(package.model_path))
     tail = float_tail_ops(model) if keep_float_tail else []
+    predictors = predictor_ops(model, tail) if tail and keep_float_predictors else []
     nncf_preset = {
         "mixed": nncf.QuantizationPreset.MIXED,
         "performance": nncf.QuantizationPreset.PERFORMANCE,
@@ -127,7 +152,7 @@ def quantize_openvino(
     quantized = nncf.quantize(
         model, nncf.Dataset(_CalibrationImages(source, package.manifest)),
         subset_size=size, preset=nncf_preset, fast_bias_correction=fast_bias_correction,
-        ignored_scope=nncf.IgnoredScope(names=tail, validate=False),
+        ignored_scope=nncf.IgnoredScope(names=tail + predictors, validate=False),
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     # No fp16 compression: the float tail's box arithmetic keeps full precision.
@@ -139,9 +164,9 @@ def quantize_openvino(
             "tool": f"nncf {nncf.__version__} quantize (post-training), openvino {ov.__version__}",
             "format": "OpenVINO IR with FakeQuantize", "preset": preset,
             "fast_bias_correction": fast_bias_correction, "float_tail_nodes": len(tail),
-            "fake_quantize_ops": fq,
+            "float_predictor_convs": len(predictors), "fake_quantize_ops": fq,
         },
     })  # fmt: skip
     manifest = replace(package.manifest, model_file=IR_FILE, precision="int8", metadata=meta)
     write_manifest(manifest, out)
-    return OpenVinoQuantizeResult(out, len(tail), fq, size)
+    return OpenVinoQuantizeResult(out, len(tail), len(predictors), fq, size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from detserve.engines.openvino import OpenVinoEngine
 from detserve.engines.preprocess import prepare
 from detserve.models.detector import DetectorConfig, build_detector
 from detserve.models.quantize import CALIB_SEED_START, CalibrationSource
-from detserve.models.quantize_openvino import quantize_openvino
+from detserve.models.quantize_openvino import float_tail_ops, predictor_ops, quantize_openvino
 from detserve.models.scenes import render_scene, split_seeds
 
 pytest.importorskip("nncf")
@@ -80,6 +81,7 @@ def test_package_is_an_int8_ir_with_its_calibration_recorded(int8_package: Path)
     assert (cal["images"], cal["subset_size"]) == (CALIB, CALIB)
     q = m.metadata["quantization"]
     assert q["preset"] == "mixed" and q["float_tail_nodes"] > 10 and q["fake_quantize_ops"] > 40
+    assert q["float_predictor_convs"] == 6  # box and class predictors of three levels
     assert m.metadata["fp32_val_metrics"] == {"mAP@0.5": 0.5}
     assert "val_metrics" not in m.metadata and "torch_checkpoint" not in m.metadata
 
@@ -94,6 +96,39 @@ def test_decode_tail_stays_float(int8_package: Path) -> None:
     assert "FakeQuantize" not in [f.get_type_name() for f in feeders]
     sigmoid = next(f for f in feeders if f.get_type_name() == "Sigmoid")
     assert sigmoid.input(0).get_source_output().get_node().get_type_name() != "FakeQuantize"
+
+
+def test_predictor_convolutions_stay_float(int8_package: Path) -> None:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(int8_package / "model.xml"))
+    predictors = predictor_ops(model, float_tail_ops(model))
+    assert len(predictors) == 6
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    for name in predictors:
+        data, weights = (i.get_source_output().get_node() for i in ops[name].inputs())
+        assert data.get_type_name() != "FakeQuantize"
+        assert (weights.get_type_name(), weights.get_element_type().get_type_name()) == (
+            "Constant",
+            "f32",
+        )
+    # ... while the convolutions before them are quantized: weights stored as int8.
+    convs = [op for op in ops.values() if op.get_type_name() == "Convolution"]
+    int8_weights = [
+        c for c in convs
+        if any(n.get_element_type().get_type_name() == "i8" for n in _weight_chain(c))
+    ]  # fmt: skip
+    assert len(int8_weights) == len(convs) - 7  # all but the predictors and the DFL conv
+
+
+def _weight_chain(conv: Any) -> list[Any]:
+    """The nodes on the weight input of `conv`, back to its constant."""
+    chain, node = [], conv.input(1).get_source_output().get_node()
+    while True:
+        chain.append(node)
+        if node.get_type_name() == "Constant" or not node.inputs():
+            return chain
+        node = node.input(0).get_source_output().get_node()
 
 
 def test_int8_engine_tracks_fp32(
@@ -125,7 +160,7 @@ def test_quantizing_the_tail_too_costs_box_precision(
         fp32_package, tmp_path / "naive", CalibrationSource("synthetic", CALIB),
         keep_float_tail=False,
     )  # fmt: skip
-    assert naive.float_nodes == 0
+    assert (naive.float_nodes, naive.float_predictors) == (0, 0)
     assert load_package(naive.package).manifest.metadata["quantization"]["float_tail_nodes"] == 0
     want = OpenVinoEngine(load_package(fp32_package), precision="f32", num_threads=1)
     kept = OpenVinoEngine(load_package(int8_package), num_threads=1)
