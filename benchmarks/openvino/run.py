@@ -57,12 +57,13 @@ class Result:
     ms: dict[int, list[float]] = field(default_factory=dict)  # batch -> ms per batch, per rep
     metrics: dict[str, float | None] = field(default_factory=dict)
 
-    def best_ms(self, batch: int) -> float:
-        """The least-disturbed repetition: other processes only ever add time."""
-        return float(min(self.ms[batch]))
+    def median_ms(self, batch: int) -> float:
+        # Not the best repetition: load from other processes comes in bursts, and a quiet burst
+        # that lands on one path's window only would decide the ranking.
+        return float(np.median(self.ms[batch]))
 
     def img_s(self, batch: int) -> float:
-        return batch * 1000.0 / self.best_ms(batch)
+        return batch * 1000.0 / self.median_ms(batch)
 
 
 def log(msg: str, started: float) -> None:
@@ -189,8 +190,8 @@ def versions() -> dict[str, str]:
 
 def _ratio(r: Result, base: Result, b: int) -> str:
     per_rep = [x / y for x, y in zip(base.ms[b], r.ms[b], strict=True)]
-    best = base.best_ms(b) / r.best_ms(b)
-    return f"{best:.2f}× ({min(per_rep):.2f}–{max(per_rep):.2f})"
+    ratio = base.median_ms(b) / r.median_ms(b)
+    return f"{ratio:.2f}× ({min(per_rep):.2f}–{max(per_rep):.2f})"
 
 
 def _pt(v: float | None) -> str:
@@ -209,16 +210,16 @@ def section(
              f"reports {meta['cpu']['openvino_capabilities']}), {meta['threads']} threads. "
              f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.", "",
              f"Run {meta['date']}: `{meta['command']}`, {meta['reps']} interleaved repetitions "
-             f"of {meta['window_s']} s per path and batch size, path order rotated; ms = best "
-             "repetition (load from other processes only adds time); ×ORT FP32 = ratio of the "
-             "best repetitions (min–max of the per-repetition ratios).", "",
+             f"of {meta['window_s']} s per path and batch size, path order rotated; ms = median "
+             "over repetitions; ×ORT FP32 = ratio of the medians (min–max of the "
+             "per-repetition ratios).", "",
              f"Val: {meta['val']}. Calibration (INT8): {meta['calibration']}.", "",
              head, "|" + "---|" * (head.count("|") - 1)]  # fmt: skip
     for r in results.values():
         m = r.metrics
         row = f"| {r.variant.label} | {r.precision} |"
         for b in batches:
-            row += f" {r.best_ms(b):.1f} | {r.img_s(b):.1f} | {_ratio(r, base, b)} |"
+            row += f" {r.median_ms(b):.1f} | {r.img_s(b):.1f} | {_ratio(r, base, b)} |"
         same = f" (= {results[r.variant.twin].variant.label})" if r.variant.twin else ""
         row += (
             f" {_pt(m['mAP@0.5'])} | {_pt(m['mAP@0.5:0.95'])} | {_pt(m['AP_small'])} |"
