@@ -13,7 +13,7 @@ from detserve.engines.manifest import Manifest, load_package, write_manifest
 from detserve.engines.openvino import OpenVinoEngine
 from detserve.engines.preprocess import prepare
 from detserve.models.detector import DetectorConfig, build_detector
-from detserve.models.quantize import CALIB_SEED_START, CalibrationSource
+from detserve.models.quantize import CALIB_SEED_START, CalibrationSource, quantize_int8
 from detserve.models.quantize_openvino import float_tail_ops, predictor_ops, quantize_openvino
 from detserve.models.scenes import render_scene, split_seeds
 
@@ -183,3 +183,19 @@ def test_bad_options_name_the_value(fp32_package: Path, int8_package: Path, tmp_
         quantize_openvino(int8_package, tmp_path / "c", source)
     with pytest.raises(ValueError, match="must differ from the source"):
         quantize_openvino(fp32_package, fp32_package, source)
+
+
+def test_qdq_onnx_int8_package_runs_on_openvino(
+    fp32_package: Path, test_batch: np.ndarray, tmp_path: Path
+) -> None:
+    # The precision ladder's ONNX Runtime INT8 package is the other INT8 source the engine takes.
+    qdq = quantize_int8(fp32_package, tmp_path / "qdq", CalibrationSource("synthetic", 8))
+    assert qdq.quantized_nodes > 20
+    engine = OpenVinoEngine(load_package(qdq.package), num_threads=1)
+    assert engine.precision.effective == "int8" and engine.manifest.precision == "int8"
+    fp32 = OpenVinoEngine(load_package(fp32_package), precision="f32", num_threads=1)
+    want = np.asarray(fp32.infer(test_batch)[0], np.float32)
+    got = np.asarray(engine.infer(test_batch)[0], np.float32)
+    assert np.corrcoef(want[:, 4:].ravel(), got[:, 4:].ravel())[0, 1] > 0.9
+    assert _confident_box_error(want, got) < 0.02 * SIZE
+    assert not np.allclose(want, got, atol=1e-4)
