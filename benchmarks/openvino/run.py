@@ -363,21 +363,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+TITLE = (
+    "# OpenVINO vs ONNX Runtime on the CPU: speed and accuracy per precision\n\n"
+    "Written by `benchmarks/openvino/run.py` (see README.md), one section per model; a run "
+    "replaces the sections of the models it measured. Do not edit by hand.\n"
+)
+
+
+def merge_sections(old: str, new: dict[str, str]) -> str:
+    """`old` markdown with the `## <model>` sections in `new` replaced (or added), in order."""
+    kept: dict[str, str] = {}
+    for chunk in old.split("\n## ")[1:]:
+        kept[chunk.split("\n", 1)[0].strip()] = "## " + chunk.rstrip() + "\n"
+    kept.update(new)
+    return TITLE + "\n" + "\n".join(kept[k] for k in sorted(kept))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     packages = [Path(p) for p in (args.package or [REPO / "models/packages/shapes_320"])]
-    sections, data = [], []
+    sections: dict[str, str] = {}
+    data: dict[str, Any] = {}
     for pkg in packages:
         text, raw = run_package(pkg, args, started)
-        sections.append(text)
-        data.append(raw)
+        sections[raw["model"]] = text
+        data[raw["model"]] = raw
     out = Path(args.out)
-    out.write_text("# OpenVINO vs ONNX Runtime on the CPU: speed and accuracy per precision\n\n"
-                   "Written by `benchmarks/openvino/run.py` (see README.md); do not edit by "
-                   "hand.\n\n" + "\n".join(sections))  # fmt: skip
-    out.with_name("results.json").write_text(json.dumps(data, indent=2) + "\n")
-    log(f"wrote {out} and results.json", started)
+    out.write_text(merge_sections(out.read_text() if out.is_file() else "", sections))
+    js = out.with_name("results.json")
+    old = json.loads(js.read_text()) if js.is_file() else {}
+    js.write_text(json.dumps({**(old if isinstance(old, dict) else {}), **data}, indent=2) + "\n")
+    log(f"wrote {out} and {js.name}", started)
     return 0
 
 
