@@ -168,9 +168,10 @@ def write_model_card(package_dir: str | Path, reports: Sequence[Mapping[str, Any
     ]
     history = tr.get("history") or []
     if history:
-        last = history[-1]
-        lines.append(f"- Wall time: {last.get('minutes')} min over {last.get('epoch')} epochs "
-                     "(quick in-training val mAP per epoch is in manifest.yaml).")
+        # Per-epoch "minutes" restart at every resume, so no total is derived from them here.
+        lines.append(f"- Epochs: {history[-1].get('epoch')}; the in-training quick val mAP per "
+                     "epoch (PyTorch, 300 val scenes) is under metadata.training.history in "
+                     "manifest.yaml.")
     lines += ["", "## Validation (val split, through the server's engine and decoder)", ""]
     lines += _eval_rows(reports)
     lines += ["", "AP_small is COCO's small (box area < 32^2 in original pixels). The same "
@@ -182,11 +183,14 @@ def write_model_card(package_dir: str | Path, reports: Sequence[Mapping[str, Any
               f"precision {choice.get('precision')}, recall {choice.get('recall')}). "
               f"NMS IoU {man.postprocess.iou_threshold}.", ""]
     parity = exp.get("parity", {})
+    limits = parity.get("limits", {})
     lines += ["## Export", "",
               f"ONNX opset {exp.get('opset')}, dynamic batch, BatchNorm folded. ONNX Runtime vs "
               f"PyTorch on {parity.get('inputs')}: max abs diff boxes "
-              f"{parity.get('max_abs_diff_boxes_px')} px, scores "
-              f"{parity.get('max_abs_diff_scores')} (limits {parity.get('limits')}). "
+              f"{parity.get('max_abs_diff_boxes_px', float('nan')):.3g} px (limit "
+              f"{limits.get('boxes_px')}), scores "
+              f"{parity.get('max_abs_diff_scores', float('nan')):.3g} (limit "
+              f"{limits.get('scores')}). "
               f"`{CHECKPOINT_FILE}` holds the same weights (float16) for the PyTorch engines.", ""]
     lines += list(notes)
     path = pkg.root / CARD_FILE

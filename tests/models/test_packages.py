@@ -21,6 +21,7 @@ from detserve.models.scenes import CLASSES
 from detserve.models.train import TrainConfig, train
 from detserve.models.train_data import render_pool
 
+PACKAGES = Path(__file__).resolve().parents[2] / "models" / "packages"
 TINY = DetectorConfig(len(CLASSES), width_mult=0.25, depth_mult=0.34)
 FACTS = TrainingFacts("detserve-model train --tiny", "4 train scenes", "test machine")
 
@@ -106,3 +107,38 @@ def test_read_reports_names_a_bad_file(tmp_path: Path) -> None:
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"x\.json"):
         read_reports([bad])
+
+
+@pytest.fixture(scope="module")
+def val_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 40 val scenes: a subset of the 500-scene val set the packages were measured on."""
+    from detserve.models.scenes import write_coco
+
+    return write_coco(tmp_path_factory.mktemp("val40"), "val", 40)
+
+
+# Measured when the packages were made (`detserve-model eval`, AP at IoU 0.5 / 0.5:0.95 /
+# small at 0.5:0.95): full val (500 scenes) 320: 0.908 / 0.773 / 0.692, 640: 0.948 / 0.847 /
+# 0.848; these first 40 scenes 320: 0.909 / 0.770 / 0.703, 640: 0.931 / 0.831 / 0.851. Bounds sit
+# about 0.03 below both, leaving room for small changes in the generator.
+COMMITTED_BOUNDS = {
+    "320": {"map50": 0.87, "map": 0.74, "small": 0.66},
+    "640": {"map50": 0.90, "map": 0.80, "small": 0.81},
+}
+
+
+@pytest.mark.parametrize("variant", ["320", "640"])
+def test_committed_package_val_map_on_a_subset(variant: str, val_subset: Path) -> None:
+    from detserve.models.evaluate import evaluate_package
+
+    root = PACKAGES / f"shapes_{variant}"
+    man = load_package(root).manifest
+    assert (man.name, man.input_width, man.input_height) == ("shapes", int(variant), int(variant))
+    assert man.classes == CLASSES
+    assert "val" in man.metadata["score_threshold_choice"]["dataset"]
+    m = evaluate_package(root, val_subset).metrics
+    bounds = COMMITTED_BOUNDS[variant]
+    assert m.n_images == 40
+    assert m.map50 >= bounds["map50"], m.map50
+    assert m.map >= bounds["map"], m.map
+    assert (m.ap_size["small"] or 0.0) >= bounds["small"], m.ap_size
