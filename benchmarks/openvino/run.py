@@ -339,7 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib", type=int, default=200, help="calibration scenes (100-500)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=7, help="interleaved repetitions")
+    p.add_argument("--reps", type=int, default=10, help="interleaved repetitions")
     p.add_argument("--window", type=float, default=0.5, help="seconds per timing window")
     p.add_argument(
         "--work",
