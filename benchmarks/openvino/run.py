@@ -198,6 +198,12 @@ def _pt(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
+def _delta(r: Result, base: Result, key: str) -> str:
+    """Points gained (+) or lost (-) against the baseline, to 2 decimals."""
+    a, b = r.metrics[key], base.metrics[key]
+    return "n/a" if a is None or b is None else f"{100 * (a - b):+.2f}"
+
+
 def section(
     name: str, results: dict[str, Result], batches: list[int], chosen: Result, meta: dict[str, Any]
 ) -> str:
@@ -205,7 +211,7 @@ def section(
     head = "| path | runs at |" + "".join(
         f" b{b} ms | b{b} img/s | b{b} ×ORT FP32 |" for b in batches
     )
-    head += " mAP@0.5 | mAP@.5:.95 | AP_small | within tolerance |"
+    head += " mAP@0.5 | Δ pt | mAP@.5:.95 | AP_small | Δ pt | within tolerance |"
     lines = [f"## {name}", "", f"CPU: {meta['cpu']['model']} ({meta['cpu']['flags']}; OpenVINO "
              f"reports {meta['cpu']['openvino_capabilities']}), {meta['threads']} threads. "
              f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.", "",
@@ -222,22 +228,18 @@ def section(
             row += f" {r.median_ms(b):.1f} | {r.img_s(b):.1f} | {_ratio(r, base, b)} |"
         same = f" (= {results[r.variant.twin].variant.label})" if r.variant.twin else ""
         row += (
-            f" {_pt(m['mAP@0.5'])} | {_pt(m['mAP@0.5:0.95'])} | {_pt(m['AP_small'])} |"
+            f" {_pt(m['mAP@0.5'])} | {_delta(r, base, 'mAP@0.5')} | {_pt(m['mAP@0.5:0.95'])} |"
+            f" {_pt(m['AP_small'])} | {_delta(r, base, 'AP_small')} |"
             f" {'yes' if eligible(r, base) else 'no'}{same} |"
         )
         lines.append(row)
     b = max(batches)
-    cm, bm = chosen.metrics, base.metrics
-    d_small = (
-        "n/a"
-        if cm["AP_small"] is None or bm["AP_small"] is None
-        else f"{100 * (cm['AP_small'] - bm['AP_small']):+.1f}"
-    )
+    cm = chosen.metrics
     lines += ["", f"**Choice: {chosen.variant.label}** (engine `{chosen.variant.engine}`, "
               f"runs at {chosen.precision}): {chosen.img_s(b):.1f} img/s at batch {b}, "
               f"{_ratio(chosen, base, b)} ORT FP32 in this run; val mAP@0.5 "
-              f"{_pt(cm['mAP@0.5'])} ({100 * ((cm['mAP@0.5'] or 0) - (bm['mAP@0.5'] or 0)):+.1f} "
-              f"pt vs FP32), AP_small {_pt(cm['AP_small'])} ({d_small} pt).",
+              f"{_pt(cm['mAP@0.5'])} ({_delta(chosen, base, 'mAP@0.5')} pt vs FP32), AP_small "
+              f"{_pt(cm['AP_small'])} ({_delta(chosen, base, 'AP_small')} pt).",
               "", f"Rule: the highest img/s at batch {b} among paths whose val mAP@0.5 is within "
               "0.5 point of ORT FP32 and AP_small within 1 point.", "",
               "Server configuration for this choice:", "", "```yaml",
