@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -41,7 +42,8 @@ def _register_add_nms(subparsers: Any) -> None:
 def _register_quantize(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "quantize",
-        help="INT8 (ONNX Runtime static PTQ, QDQ) or FP16 copy of an fp32 package",
+        help="INT8 (ONNX Runtime static PTQ, QDQ, or OpenVINO NNCF IR) or FP16 copy of an "
+        "fp32 package",
     )
     p.add_argument("package", help="fp32 model package directory")
     kind = p.add_mutually_exclusive_group(required=True)
@@ -51,6 +53,10 @@ def _register_quantize(subparsers: Any) -> None:
                    help="'synthetic' (scene seeds disjoint from train/val/test) or a folder of "
                         "images disjoint from val (default synthetic)")  # fmt: skip
     p.add_argument("--n", type=int, default=200, help="calibration images (100..500 typical)")
+    p.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "openvino"],
+                   help="onnxruntime: QDQ ONNX (default); openvino: NNCF post-training INT8, "
+                        "written as an OpenVINO IR (model.xml + model.bin) for the openvino "
+                        "engine")  # fmt: skip
     p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument(
         "--for",
@@ -126,6 +132,8 @@ def _quantize(args: argparse.Namespace) -> int:
     from detserve.models.quantize import CalibrationSource, convert_fp16, quantize_int8
 
     try:
+        if args.engine == "openvino":
+            return _quantize_openvino(args)
         if args.fp16:
             out = convert_fp16(args.package, args.out or _default_out(args.package, "fp16"))
             print(json.dumps({"package": str(out), "precision": "fp16"}))
@@ -147,6 +155,36 @@ def _quantize(args: argparse.Namespace) -> int:
                            args.margin, "onnxruntime", result.package)  # fmt: skip
     except (ManifestError, ValueError) as exc:
         return _fail(exc)
+    return 0
+
+
+# ONNX Runtime-only flags, with the defaults that mean "not given".
+_ORT_ONLY = (("--fp16", "fp16", False), ("--method", "method", "minmax"),
+             ("--for", "target", "cpu"), ("--float-head", "float_head", False))  # fmt: skip
+
+
+def _quantize_openvino(args: argparse.Namespace) -> int:
+    from detserve.models.quantize import CalibrationSource
+    from detserve.models.quantize_openvino import quantize_openvino
+
+    given = [flag for flag, attr, unset in _ORT_ONLY if getattr(args, attr) != unset]
+    if given:
+        raise ValueError(
+            f"--engine openvino makes an NNCF INT8 IR (decode tail and predictor convs float); "
+            f"{given} apply to --engine onnxruntime only"
+        )
+    out = args.out or _default_out(args.package, "int8")
+    # NNCF draws progress bars on stdout; keep stdout for the one JSON line.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = quantize_openvino(args.package, out, CalibrationSource(args.calib, args.n))
+    print(json.dumps({"package": str(result.package), "precision": "int8", "engine": "openvino",
+                      "float_tail_nodes": result.float_nodes,
+                      "float_predictor_convs": result.float_predictors,
+                      "fake_quantize_ops": result.fake_quantize,
+                      "subset_size": result.subset_size}))  # fmt: skip
+    if args.eval_data:
+        return _report(args.package, result.package, args.eval_data, args.eval_limit,
+                       args.margin, "openvino", result.package)  # fmt: skip
     return 0
 
 

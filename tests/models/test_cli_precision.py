@@ -53,3 +53,49 @@ def test_quantize_int8_and_fp16(
     assert code == 2 and "--n must be in [1, 10000], got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["quantize", str(tiny_package), "--int8", "--fp16"])
+
+
+def test_quantize_int8_engine_openvino_writes_an_nncf_ir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("nncf")
+    from .test_quantize_openvino import write_detector_package
+
+    src = write_detector_package(tmp_path / "fp32")
+    out = tmp_path / "ov"
+    code = main(["quantize", str(src), "--int8", "--engine", "openvino", "--calib", "synthetic",
+                 "--n", "6", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    # The command runs NNCF with stdout sent to stderr, but NNCF's log handler keeps the stdout
+    # of its first import (here: this test module's), so its lines come before the JSON one.
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (printed["package"], printed["engine"], printed["subset_size"]) == (str(out),
+                                                                             "openvino", 6)
+    assert printed["fake_quantize_ops"] > 0 and printed["float_tail_nodes"] > 0
+    m = load_package(out).manifest
+    assert (m.name, m.model_file, m.precision) == ("tiny", "model.xml", "int8")
+    assert m.metadata["calibration"]["images"] == 6
+    assert m.metadata["calibration"]["split"] == "calib"
+    assert (out / "model.bin").stat().st_size > 1000
+    # The same flags without --engine still make the ONNX Runtime QDQ package.
+    assert main(["quantize", str(src), "--int8", "--n", "2", "--out", str(tmp_path / "ort")]) == 0
+    assert load_package(tmp_path / "ort").manifest.model_file == "model.onnx"
+
+
+def test_quantize_engine_openvino_refuses_onnxruntime_only_flags(
+    tiny_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "ov")
+    code = main(["quantize", str(tiny_package), "--fp16", "--engine", "openvino", "--out", out])
+    assert code == 2
+    assert "['--fp16'] apply to --engine onnxruntime only" in capsys.readouterr().err
+    code = main(["quantize", str(tiny_package), "--int8", "--engine", "openvino",
+                 "--method", "entropy", "--float-head", "--out", out])  # fmt: skip
+    assert code == 2
+    assert "['--method', '--float-head'] apply to" in capsys.readouterr().err
+    code = main(["quantize", str(tiny_package), "--int8", "--engine", "openvino", "--n", "0",
+                 "--out", out])  # fmt: skip
+    assert code == 2 and "--n must be in [1, 10000], got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["quantize", str(tiny_package), "--int8", "--engine", "tensorrt"])
+    assert not (tmp_path / "ov").exists()
