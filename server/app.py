@@ -158,6 +158,22 @@ async def _start(
     return Server(server, port, registry, service, health, observer)
 
 
+def serving_summary(registry: ModelRegistry) -> dict[str, dict[str, str]]:
+    """Per served model: the engine, the precision it actually runs at (the engine's manifest:
+    an OpenVINO BF16 request on a CPU without BF16 reads fp32 here, with the engine's note), and
+    where NMS runs."""
+    summary = {}
+    for key in sorted(registry.models):
+        model = registry.models[key]
+        entry = {"engine": model.engine_kind, "precision": model.manifest.precision,
+                 "nms": model.manifest.nms}  # fmt: skip
+        note = model.manifest.metadata.get("precision_note")
+        if note:
+            entry["precision_note"] = str(note)
+        summary[key] = entry
+    return summary
+
+
 async def serve(
     config: ServerConfig, ready: Callable[[Server], None] | None = None
 ) -> None:
@@ -174,6 +190,7 @@ async def serve(
         metrics_port=server.metrics_port,
         models=sorted(server.registry.models),
         default_model=server.registry.default.key,
+        serving=serving_summary(server.registry),
     )
     if ready is not None:
         ready(server)

@@ -5,18 +5,24 @@ labels). Runs once the trained package models/packages/shapes_320 is committed."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import detserve.models
 from detserve.client.cli import main as client_main
+from detserve.engines.base import Engine
+from detserve.engines.manifest import ModelPackage
+from detserve.server.config import load_config
+from detserve.server.registry import default_engine_factory
 
 from .conftest import ThreadedServer, config_for, png_bytes
 
-PACKAGE = Path(detserve.models.__file__).parent / "packages" / "shapes_320"
+PACKAGE = Path(detserve.models.__file__).parent / "packages" / "shapes_320_int8"
 needs_package = pytest.mark.skipif(not (PACKAGE / "manifest.yaml").is_file(),
                                    reason=f"default model package not present at {PACKAGE}")
 
@@ -35,9 +41,18 @@ def test_iou_by_hand() -> None:
     assert iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
 
 
+class RealEngineServer(ThreadedServer):
+    """ThreadedServer with the server's own engine factory (the config's engine and options)."""
+
+    def _factory(self, package: ModelPackage, kind: str, options: Mapping[str, Any]) -> Engine:
+        return default_engine_factory(package, kind, options)
+
+
 @pytest.fixture(scope="module")
 def default_server() -> Iterator[ThreadedServer]:
-    srv = ThreadedServer(config_for(PACKAGE, max_batch_size=8))
+    # The packaged default.yaml's default model, with its engine, options and batching.
+    default = next(m for m in load_config(None, env={}).models if m.default)
+    srv = RealEngineServer(replace(config_for(PACKAGE), models=(default,)))
     yield srv
     srv.stop()
 
@@ -72,3 +87,6 @@ def test_detect_cli_finds_the_objects_of_synthetic_scenes(
     assert found / total >= 0.8, f"found {found} of {total} objects"
     assert found / max(predicted, 1) >= 0.8, f"{predicted - found} of {predicted} false"
     assert np.isfinite([r["latency_ms"] for r in replies]).all()
+    assert {r["model"] for r in replies} == {"shapes@320"}
+    engine = default_server.server.registry.default
+    assert (engine.engine_kind, engine.manifest.precision) == ("openvino", "int8")

@@ -48,6 +48,10 @@ metrics_port: 0
 models:
   - package: {tiny_package}
     engine_options: {{intra_op_threads: 1}}
+  - package: {tiny_package}
+    variant: ov
+    engine: openvino
+    engine_options: {{num_threads: 1, precision: f32}}
 """)
     proc = subprocess.Popen(
         [sys.executable, "-m", "detserve.server.cli", "--config", str(config)],
@@ -59,8 +63,13 @@ models:
     seen: list[dict[str, Any]] = []
     try:
         listening = _wait_for_event(lines, "listening", seen)
-        assert listening["models"] == ["blocks@64"]
+        assert listening["models"] == ["blocks@64", "blocks@ov"]
         assert listening["default_model"] == "blocks@64"
+        # Which engine serves each model, the precision it runs at and where NMS runs.
+        assert listening["serving"] == {
+            "blocks@64": {"engine": "onnxruntime", "precision": "fp32", "nms": "host"},
+            "blocks@ov": {"engine": "openvino", "precision": "fp32", "nms": "host"},
+        }
         with grpc.insecure_channel(listening["address"]) as channel:
             stub = pb_grpc.DetectorStub(channel)  # type: ignore[no-untyped-call]
             image = blocks_image(64, 64, [(0, 32, 2)])
