@@ -70,10 +70,18 @@ def test_default_config_serves_builtin_shapes_variants() -> None:
     config = load_config(None, env={})
     assert DEFAULT_CONFIG.name == "default.yaml"
     packages = Path(detserve.models.__file__).parent / "packages"
-    assert [(m.name, m.variant, m.package, m.default) for m in config.models] == [
-        ("shapes", "320", packages / "shapes_320", True),
-        ("shapes", "640", packages / "shapes_640", False),
+    assert [(m.name, m.variant, m.package, m.engine, m.default) for m in config.models] == [
+        ("shapes", "320", packages / "shapes_320_int8", "openvino", True),
+        ("shapes", "640", packages / "shapes_640_int8", "openvino", False),
+        ("shapes", "320-fp32", packages / "shapes_320", "onnxruntime", False),
+        ("shapes", "640-fp32", packages / "shapes_640", "onnxruntime", False),
     ]
+    # The options benchmarks/openvino/RESULTS.md chose (640 compiles its own max batch, 4).
+    assert dict(config.models[0].engine_options) == {
+        "num_threads": 2, "num_streams": 1, "performance_hint": "LATENCY",
+        "static_batch_sizes": [1, 8], "precision": "int8"}
+    assert config.models[1].engine_options["static_batch_sizes"] == [1, 4]
+    assert [m.batching.max_batch_size for m in config.models] == [8, 4, 8, 4]
 
 
 def test_cli_model_flag() -> None:
