@@ -205,7 +205,8 @@ def _delta(r: Result, base: Result, key: str) -> str:
 
 
 def section(
-    name: str, results: dict[str, Result], batches: list[int], chosen: Result, meta: dict[str, Any]
+    name: str, results: dict[str, Result], batches: list[int], chosen: Result,
+    meta: dict[str, Any], at: int,
 ) -> str:
     base = results[BASELINE]
     head = "| path | runs at |" + "".join(
@@ -233,7 +234,7 @@ def section(
             f" {'yes' if eligible(r, base) else 'no'}{same} |"
         )
         lines.append(row)
-    b = max(batches)
+    b = at
     cm = chosen.metrics
     lines += ["", f"**Choice: {chosen.variant.label}** (engine `{chosen.variant.engine}`, "
               f"runs at {chosen.precision}): {chosen.img_s(b):.1f} img/s at batch {b}, "
@@ -308,7 +309,8 @@ def run_package(pkg: Path, args: argparse.Namespace, started: float) -> tuple[st
     measure_speed(engines, results, inputs, batches, args.reps, args.window)
     for e in engines.values():
         e.close()
-    chosen = choose(results, max(batches))
+    at = args.choose_at if args.choose_at in batches else max(batches)
+    chosen = choose(results, at)
     for r in results.values():
         log(f"{name}: {r.variant.label}: " + ", ".join(
             f"b{b} {r.img_s(b):.1f} img/s {_ratio(r, results[BASELINE], b)}" for b in batches),
@@ -326,7 +328,7 @@ def run_package(pkg: Path, args: argparse.Namespace, started: float) -> tuple[st
             "results": {k: {"variant": asdict(r.variant) | {"package": str(r.variant.package)},
                             "precision": r.precision, "ms": r.ms, "metrics": r.metrics}
                         for k, r in results.items()}}  # fmt: skip
-    return section(name, results, batches, chosen, meta), data
+    return section(name, results, batches, chosen, meta, at), data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -339,7 +341,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--val", type=int, default=200, help="val scenes for the accuracy check")
     p.add_argument("--calib", type=int, default=200, help="calibration scenes (100-500)")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16])
+    p.add_argument("--choose-at", type=int, default=8,
+                   help="batch size whose img/s picks the default (the server's max_batch_size)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=10, help="interleaved repetitions")
     p.add_argument("--window", type=float, default=0.5, help="seconds per timing window")
