@@ -59,9 +59,9 @@ def test_quantize_int8_engine_openvino_writes_an_nncf_ir(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("nncf")
-    from .test_quantize_openvino import write_detector_package
+    from .detector_packages import write_detector_package
 
-    src = write_detector_package(tmp_path / "fp32")
+    src = write_detector_package(tmp_path / "fp32", size=96)
     out = tmp_path / "ov"
     code = main(["quantize", str(src), "--int8", "--engine", "openvino", "--calib", "synthetic",
                  "--n", "6", "--out", str(out)])  # fmt: skip

@@ -7,15 +7,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from detserve.engines.manifest import Manifest, load_package, write_manifest
+from detserve.engines.manifest import load_package
 from detserve.engines.openvino import OpenVinoEngine
 from detserve.engines.preprocess import prepare
-from detserve.models.detector import DetectorConfig, build_detector
 from detserve.models.quantize import CALIB_SEED_START, CalibrationSource, quantize_int8
 from detserve.models.quantize_openvino import float_tail_ops, predictor_ops, quantize_openvino
 from detserve.models.scenes import render_scene, split_seeds
+
+from .detector_packages import write_detector_package
 
 pytest.importorskip("nncf")
 
@@ -23,36 +23,9 @@ SIZE = 96
 CALIB = 20
 
 
-def write_detector_package(root: Path, size: int = SIZE, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = build_detector(DetectorConfig(3, width_mult=0.25, depth_mult=0.34)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("dfl"):
-                continue
-            if p.ndim == 4:  # He init, so activations neither vanish nor saturate
-                p.normal_(0.0, (2.0 / (p.shape[1] * p.shape[2] * p.shape[3])) ** 0.5)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.5)
-    model.fuse()
-    root.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model, (torch.rand(1, 3, size, size),), str(root / "model.onnx"),
-        input_names=["images"], output_names=["output0"],
-        dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
-        opset_version=17, dynamo=False,
-    )  # fmt: skip
-    manifest = Manifest(
-        name="tiny", version="1", classes=("a", "b", "c"), input_width=size, input_height=size,
-        metadata={"val_metrics": {"mAP@0.5": 0.5}, "torch_checkpoint": "model.pt"},
-    )  # fmt: skip
-    write_manifest(manifest, root)
-    return root
-
-
 @pytest.fixture(scope="module")
 def fp32_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_detector_package(tmp_path_factory.mktemp("det"))
+    return write_detector_package(tmp_path_factory.mktemp("det"), size=SIZE)
 
 
 @pytest.fixture(scope="module")
