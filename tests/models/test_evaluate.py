@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
@@ -18,6 +17,8 @@ from detserve.models.evaluate import (
     write_report,
 )
 from detserve.models.evaluate_metrics import ImageDetections, best_f1_threshold, coco_metrics
+
+from .blocks_coco import write_blocks_set
 
 CLASSES = ("a", "b")
 
@@ -101,35 +102,13 @@ def test_threshold_is_never_chosen_on_test() -> None:
         choose_threshold(_gt(GT_BOXES, split="test"), preds, CLASSES)
 
 
-def _blocks_set(root: Path) -> Path:
-    """Three 64x64 black images with saturated 32x32 colour blocks on the blocks model's grid."""
-    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
-    layout = [[("red", 0, 0)], [("green", 32, 0), ("blue", 0, 32)], [("blue", 32, 32)]]
-    (root / "images").mkdir(parents=True)
-    images: list[dict[str, Any]] = []
-    anns: list[dict[str, Any]] = []
-    for i, blocks in enumerate(layout, start=1):
-        img = np.zeros((64, 64, 3), np.uint8)
-        for name, x, y in blocks:
-            img[y : y + 32, x : x + 32] = colours[name]
-            anns.append({"id": len(anns) + 1, "image_id": i, "bbox": [x, y, 32, 32],
-                         "category_id": list(colours).index(name) + 1, "area": 1024,
-                         "iscrowd": 0})
-        cv2.imwrite(str(root / f"images/{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        images.append({"id": i, "file_name": f"images/{i}.png", "width": 64, "height": 64})
-    doc = {"info": {"split": "val"}, "images": images, "annotations": anns,
-           "categories": [{"id": k + 1, "name": n} for k, n in enumerate(colours)]}
-    (root / "annotations.json").write_text(json.dumps(doc))
-    return root / "annotations.json"
-
-
 def test_package_through_the_engine_chooses_and_writes_threshold(
         tiny_package: Path, tmp_path: Path) -> None:
     import shutil
 
     pkg = tmp_path / "pkg"
     shutil.copytree(tiny_package, pkg)
-    data = _blocks_set(tmp_path / "val")
+    data = write_blocks_set(tmp_path / "val")
     report = evaluate_package(pkg, data, choose=True, batch_size=2)
     assert report.metrics.map50 == pytest.approx(1.0) and report.metrics.map == pytest.approx(1.0)
     assert report.metrics.n_objects == 4 and report.split == "val"
@@ -151,7 +130,7 @@ def test_cli_eval_writes_reports_and_refuses_test_threshold(
 
     parser = argparse.ArgumentParser()
     cli_eval.register(parser.add_subparsers(dest="command", required=True))
-    data = _blocks_set(tmp_path / "val")
+    data = write_blocks_set(tmp_path / "val")
     args = parser.parse_args(["eval", str(tiny_package), "--data", str(data.parent),
                               "--out", str(tmp_path / "r")])
     assert args.func(args) == 0

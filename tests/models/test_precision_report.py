@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-import cv2
-import numpy as np
 import pytest
 
 from detserve.models.efficient_nms_ref import NmsConfig
 from detserve.models.evaluate_metrics import ClassAP, CocoMetrics
 from detserve.models.nms_graph import add_nms_package
 from detserve.models.precision_report import compare_metrics, compare_packages, write_comparison
+
+from .blocks_coco import write_blocks_set
 
 
 def _metrics(map50: float, small: float | None, circle: float, n_images: int = 10) -> CocoMetrics:
@@ -53,30 +52,10 @@ def test_different_sets_and_bad_margin_are_refused() -> None:
         compare_metrics(_metrics(0.8, 0.6, 0.9), _metrics(0.8, 0.6, 0.9), -1)
 
 
-def _blocks_set(root: Path) -> Path:
-    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
-    layout = [[("red", 0, 0)], [("green", 32, 0), ("blue", 0, 32)], [("blue", 32, 32)]]
-    (root / "images").mkdir(parents=True)
-    images: list[dict[str, Any]] = []
-    anns: list[dict[str, Any]] = []
-    for i, blocks in enumerate(layout, start=1):
-        img = np.zeros((64, 64, 3), np.uint8)
-        for name, x, y in blocks:
-            img[y : y + 32, x : x + 32] = colours[name]
-            anns.append({"id": len(anns) + 1, "image_id": i, "bbox": [x, y, 32, 32],
-                         "category_id": list(colours).index(name) + 1, "area": 1024,
-                         "iscrowd": 0})  # fmt: skip
-        cv2.imwrite(str(root / f"images/{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        images.append({"id": i, "file_name": f"images/{i}.png", "width": 64, "height": 64})
-    doc = {"info": {"split": "val"}, "images": images, "annotations": anns,
-           "categories": [{"id": k + 1, "name": n} for k, n in enumerate(colours)]}  # fmt: skip
-    (root / "annotations.json").write_text(json.dumps(doc))
-    return root
-
-
 def test_host_and_in_graph_nms_packages_score_the_same(tiny_package: Path, tmp_path: Path) -> None:
     e2e = add_nms_package(tiny_package, tmp_path / "in_graph", "ort", NmsConfig(0.001, 0.5, 100))
-    cmp = compare_packages(tiny_package, e2e, _blocks_set(tmp_path / "set"), margin_points=0.0)
+    data = write_blocks_set(tmp_path / "set").parent
+    cmp = compare_packages(tiny_package, e2e, data, margin_points=0.0)
     assert (cmp.base_label, cmp.other_label) == (tiny_package.name, "in_graph")
     assert cmp.row("mAP@0.5").base == pytest.approx(1.0)
     assert all(r.delta_points in (None, 0.0) for r in cmp.rows) and cmp.flagged == []
