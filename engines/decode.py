@@ -43,20 +43,30 @@ def _class_mask(
     return np.isin(class_ids, np.fromiter(wanted, np.int64, len(wanted)))
 
 
+def _candidates(
+    class_scores: FloatArray, threshold: float, multi_label: bool
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], FloatArray]:
+    """(anchor index, class id, score) of every candidate at or above `threshold`."""
+    if multi_label:
+        class_ids, anchors = np.nonzero(class_scores >= threshold)
+        return anchors, class_ids.astype(np.int64), class_scores[class_ids, anchors]
+    # One class per anchor (its best), as Ultralytics' deployed NMS does.
+    best = class_scores.max(axis=0)
+    anchors = np.flatnonzero(best >= threshold)
+    class_ids = class_scores[:, anchors].argmax(axis=0).astype(np.int64)
+    return anchors, class_ids, best[anchors]
+
+
 def _decode_yolov8_image(
     pred: FloatArray, manifest: Manifest, box: Letterbox, params: DecodeParams, nms_method: str
 ) -> Detections:
-    class_scores = pred[4:]
-    best = class_scores.max(axis=0)
-    cand = np.flatnonzero(best >= params.score_threshold)
-    # One class per anchor (its best), as Ultralytics does; the filter applies to that class.
-    class_ids = class_scores[:, cand].argmax(axis=0).astype(np.int64)
+    post = manifest.postprocess
+    cand, class_ids, scores = _candidates(pred[4:], params.score_threshold, post.multi_label)
+    # The class filter applies to the candidate's class (the best one, without multi_label).
     keep = _class_mask(class_ids, params.class_ids)
-    cand, class_ids = cand[keep], class_ids[keep]
-    scores = best[cand]
-    top_k = manifest.postprocess.pre_nms_top_k
-    if cand.size > top_k:
-        top = np.argsort(-scores, kind="stable")[:top_k]
+    cand, class_ids, scores = cand[keep], class_ids[keep], scores[keep]
+    if cand.size > post.pre_nms_top_k:
+        top = np.argsort(-scores, kind="stable")[: post.pre_nms_top_k]
         cand, class_ids, scores = cand[top], class_ids[top], scores[top]
     cx, cy, w, h = pred[0, cand], pred[1, cand], pred[2, cand], pred[3, cand]
     xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)

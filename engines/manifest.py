@@ -47,6 +47,10 @@ class Postprocess:
     max_detections: int = 100
     # Candidates kept per image before NMS (highest scores first); bounds host NMS time.
     pre_nms_top_k: int = 1000
+    # False: each anchor proposes only its best class (Ultralytics' deployed NMS). True: every
+    # (anchor, class) pair above the threshold is a candidate, as EfficientNMS, the ONNX NMS
+    # graph and COCO-style evaluation do; an ambiguous object can then answer under two labels.
+    multi_label: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,12 @@ def _int(value: Any, path: str, minimum: int, maximum: int | None = None) -> int
     return int(value)
 
 
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ManifestError(f"manifest field '{path}' must be true or false, got {value!r}")
+    return value
+
+
 def _float(value: Any, path: str, low: float, high: float) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or not low <= value <= high:
@@ -200,6 +210,7 @@ def _postprocess(raw: Mapping[str, Any]) -> Postprocess:
         pre_nms_top_k=_int(
             raw.get("pre_nms_top_k", d.pre_nms_top_k), "postprocess.pre_nms_top_k", 1
         ),
+        multi_label=_bool(raw.get("multi_label", d.multi_label), "postprocess.multi_label"),
     )
 
 

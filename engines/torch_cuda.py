@@ -225,6 +225,7 @@ class TorchEngine:
             iou_threshold=post.iou_threshold if iou is None else float(iou),
             max_detections=post.max_detections if max_det is None else int(max_det),
             pre_nms_top_k=post.pre_nms_top_k if top_k is None else int(top_k),
+            multi_label=post.multi_label,
         )
         if not 0.0 <= settings.score_threshold <= 1.0:
             raise ValueError(f"torch-cuda engine option 'score_threshold' must be in [0, 1], "

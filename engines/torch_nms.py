@@ -135,12 +135,14 @@ class NmsSettings:
     max_detections: int
     pre_nms_top_k: int
     prefer_torchvision: bool = True
+    multi_label: bool = False
 
 
 def yolov8_end2end(preds: Tensor, settings: NmsSettings) -> End2EndOutputs:
     """Raw yolov8 output `[B, 4+nc, N]` (cx, cy, w, h, class scores) -> padded end2end outputs.
 
-    Each anchor votes for its best class. Per image the `pre_nms_top_k` best anchors scoring at
+    Each anchor votes for its best class, or with `multi_label` every (anchor, class) pair is a
+    candidate, as the host decoder does. Per image the `pre_nms_top_k` best candidates scoring at
     least `score_threshold` enter one class-aware NMS call for the whole batch (groups are
     image x class), so nothing but the final `K` rows per image ever needs to leave the device.
     """
@@ -149,13 +151,19 @@ def yolov8_end2end(preds: Tensor, settings: NmsSettings) -> End2EndOutputs:
     b, rows, n_anchors = preds.shape
     nc, k_out, dev = rows - 4, settings.max_detections, preds.device
     p = preds.float().transpose(1, 2)  # [B, N, 4+nc]
-    best, cls = p[..., 4:].max(-1)  # [B, N]
-    top = min(settings.pre_nms_top_k, n_anchors)
-    top_scores, top_idx = best.topk(top, dim=1)
+    if settings.multi_label:
+        flat = p[..., 4:].reshape(b, n_anchors * nc)  # pair index = anchor * nc + class
+        top = min(settings.pre_nms_top_k, flat.shape[1])
+        top_scores, top_pair = flat.topk(top, dim=1)
+        top_idx, cls = top_pair // nc, top_pair % nc
+    else:
+        best, best_cls = p[..., 4:].max(-1)  # [B, N]
+        top = min(settings.pre_nms_top_k, n_anchors)
+        top_scores, top_idx = best.topk(top, dim=1)
+        cls = best_cls.gather(1, top_idx)
     cxcywh = p[..., :4].gather(1, top_idx[..., None].expand(-1, -1, 4))
     xyxy = torch.cat([cxcywh[..., :2] - cxcywh[..., 2:] / 2,
                       cxcywh[..., :2] + cxcywh[..., 2:] / 2], -1)
-    cls = cls.gather(1, top_idx)
     image = torch.arange(b, device=dev)[:, None].expand(b, top)
     mask = top_scores >= settings.score_threshold
     boxes, scores, classes, images = xyxy[mask], top_scores[mask], cls[mask], image[mask]

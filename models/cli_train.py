@@ -82,6 +82,8 @@ def _register_package(subparsers: Any) -> None:
     p.add_argument("--name", default="shapes")
     p.add_argument("--version", default="1")
     p.add_argument("--iou-threshold", type=float, default=0.6, help="NMS IoU")
+    p.add_argument("--multi-label", action="store_true",
+                   help="host NMS scores every (anchor, class) pair, as EfficientNMS does")
     p.add_argument("--train-command", required=True, help="the command that trained it")
     p.add_argument("--data", required=True, help="the training/val data, in words and seeds")
     p.set_defaults(func=_package)
@@ -93,7 +95,8 @@ def _package(args: argparse.Namespace) -> int:
 
     facts = TrainingFacts(args.train_command, args.data, machine_description())
     result = write_package(args.checkpoint, args.out, args.input_size, CLASSES, facts,
-                           args.name, args.version, args.iou_threshold)
+                           args.name, args.version, args.iou_threshold,
+                           multi_label=args.multi_label)
     print(f"wrote {result.root} ({result.parameters} parameters); {result.parity}")
     return 0
 

@@ -84,7 +84,7 @@ def round_to_half(model: Detector) -> dict[str, torch.Tensor]:
 def write_package(checkpoint: str | Path, out_dir: str | Path, input_size: int,
                   classes: Sequence[str], training: TrainingFacts, name: str = "shapes",
                   version: str = "1", iou_threshold: float = 0.6,
-                  score_threshold: float = 0.25) -> PackageResult:
+                  score_threshold: float = 0.25, multi_label: bool = False) -> PackageResult:
     model, cfg, state = load_training_checkpoint(checkpoint)
     if cfg.num_classes != len(classes):
         raise ValueError(f"checkpoint has {cfg.num_classes} classes but {len(classes)} class "
@@ -111,7 +111,8 @@ def write_package(checkpoint: str | Path, out_dir: str | Path, input_size: int,
     manifest = Manifest(
         name=name, version=version, classes=tuple(classes), input_width=input_size,
         input_height=input_size,
-        postprocess=Postprocess(score_threshold=score_threshold, iou_threshold=iou_threshold),
+        postprocess=Postprocess(score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                multi_label=multi_label),
         metadata=metadata,
     )
     write_manifest(manifest, root)
@@ -143,6 +144,13 @@ def _class_rows(report: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+def _candidates_in_words(multi_label: bool) -> str:
+    if multi_label:
+        return ("class-aware, every (cell, class) pair above the threshold a candidate "
+                "(`postprocess.multi_label: true`, as EfficientNMS)")
+    return "class-aware, each cell proposing its best class only"
+
+
 def write_model_card(package_dir: str | Path, reports: Sequence[Mapping[str, Any]],
                      notes: Sequence[str] = ()) -> Path:
     """MODEL_CARD.md from the manifest and `detserve-model eval --out` reports (eval.json)."""
@@ -160,7 +168,8 @@ def write_model_card(package_dir: str | Path, reports: Sequence[Mapping[str, Any
         f"width x{det.get('width_mult')}, depth x{det.get('depth_mult')}) trained from scratch on "
         "detserve's synthetic scenes. Classes: " + ", ".join(man.classes) + ".",
         "Output: YOLOv8 layout `[B, 4+nc, N]` (cx, cy, w, h in input pixels, sigmoid scores); "
-        "host NMS. Preprocessing: letterbox (pad 114), RGB, /255.", "",
+        f"host NMS, {_candidates_in_words(man.postprocess.multi_label)}. "
+        "Preprocessing: letterbox (pad 114), RGB, /255.", "",
         "## Training", "",
         f"- Command: `{tr.get('command')}`",
         f"- Data: {tr.get('data')}",

@@ -15,7 +15,8 @@ from detserve.engines.manifest import Manifest, OutputFormat, Postprocess
 IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0, 640, 640)
 
 
-def manifest(fmt: OutputFormat = "yolov8", top_k: int = 1000) -> Manifest:
+def manifest(fmt: OutputFormat = "yolov8", top_k: int = 1000, multi_label: bool = False
+             ) -> Manifest:
     return Manifest(
         name="m",
         version="1",
@@ -23,7 +24,7 @@ def manifest(fmt: OutputFormat = "yolov8", top_k: int = 1000) -> Manifest:
         input_width=640,
         input_height=640,
         output_format=fmt,
-        postprocess=Postprocess(pre_nms_top_k=top_k),
+        postprocess=Postprocess(pre_nms_top_k=top_k, multi_label=multi_label),
     )
 
 
@@ -72,6 +73,33 @@ def test_yolov8_class_filter_max_det_and_threshold_per_request() -> None:
     # 0.65 for c but are a, so only anchors 3 and 4 come back.
     np.testing.assert_array_equal(dets[1].class_ids, [2, 2])
     np.testing.assert_allclose(dets[1].boxes[:, 0], [340, 440])
+
+
+def test_yolov8_multi_label_scores_every_anchor_class_pair() -> None:
+    out = yolo_output(
+        [
+            (100, 100, 40, 40, [0.9, 0.6, 0.0]),  # a and b: both above 0.25, both kept
+            (102, 100, 40, 40, [0.8, 0.5, 0.3]),  # overlaps: a and b suppressed, c kept
+            (300, 300, 20, 10, [0.2, 0.2, 0.2]),  # nothing reaches 0.25
+        ]
+    )
+    (single,) = decode_batch([out], manifest(), [IDENTITY], [params()])
+    np.testing.assert_array_equal(single.class_ids, [0])  # anchor 1's best (a) is suppressed
+    (multi,) = decode_batch([out], manifest(multi_label=True), [IDENTITY], [params()])
+    np.testing.assert_array_equal(multi.class_ids, [0, 1, 2])
+    np.testing.assert_allclose(multi.scores, [0.9, 0.6, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(multi.boxes[:, 0], [80, 80, 82])
+    # The class filter picks pairs, not anchors: b comes back although a is anchor 0's best.
+    (only_b,) = decode_batch([out], manifest(multi_label=True), [IDENTITY], [params(classes={1})])
+    np.testing.assert_allclose(only_b.scores, [0.6], rtol=1e-6)
+
+
+def test_yolov8_multi_label_top_k_counts_pairs() -> None:
+    out = yolo_output([(100 * i + 50, 50, 20, 20, [0.9 - 0.1 * i, 0.85 - 0.1 * i, 0.0])
+                       for i in range(3)])
+    (det,) = decode_batch([out], manifest(top_k=3, multi_label=True), [IDENTITY], [params()])
+    np.testing.assert_allclose(det.scores, [0.9, 0.85, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(det.class_ids, [0, 1, 0])
 
 
 def test_yolov8_pre_nms_top_k() -> None:

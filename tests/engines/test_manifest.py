@@ -1,4 +1,4 @@
-"""Manifest validation: preprocess.pad_value must be a uint8 pixel value."""
+"""Manifest validation: preprocess.pad_value is a uint8 pixel value; multi_label is a bool."""
 
 from __future__ import annotations
 
@@ -53,3 +53,22 @@ def test_other_integer_fields_keep_their_open_bound() -> None:
     message = r"'input.max_batch_size' must be an integer >= 1, got 0"
     with pytest.raises(ManifestError, match=message):
         parse_manifest(raw)
+
+
+def test_multi_label_round_trips_and_defaults_to_one_class_per_anchor() -> None:
+    raw = BASE.to_dict()
+    del raw["postprocess"]["multi_label"]
+    assert parse_manifest(raw).postprocess.multi_label is False
+    raw["postprocess"]["multi_label"] = True
+    assert parse_manifest(raw).postprocess.multi_label is True
+    assert parse_manifest(parse_manifest(raw).to_dict()).postprocess.multi_label is True
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_multi_label_must_be_a_boolean(value: Any) -> None:
+    raw = BASE.to_dict()
+    raw["postprocess"]["multi_label"] = value
+    message = f"manifest field 'postprocess.multi_label' must be true or false, got {value!r}"
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(raw)
+    assert str(caught.value) == message

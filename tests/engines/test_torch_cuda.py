@@ -124,7 +124,8 @@ def test_torch_nms_rejects_bad_shapes_and_threshold() -> None:
         nms(torch.zeros(3, 4), torch.zeros(3), 0.0)
 
 
-def test_end2end_nms_matches_host_decode_of_raw_output() -> None:
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_end2end_nms_matches_host_decode_of_raw_output(multi_label: bool) -> None:
     rng = np.random.default_rng(5)
     b, n = 4, 400
     raw = np.zeros((b, 7, n), np.float32)
@@ -133,10 +134,11 @@ def test_end2end_nms_matches_host_decode_of_raw_output() -> None:
     raw[:, 4:] = rng.random((b, 3, n))
     raw[2, 4:] = 0.0  # an image with no candidate at all
     manifest = Manifest(name="m", version="1", classes=CLASSES, input_width=SIZE,
-                        input_height=SIZE, postprocess=Postprocess(0.4, 0.5, 15, 120))
+                        input_height=SIZE,
+                        postprocess=Postprocess(0.4, 0.5, 15, 120, multi_label=multi_label))
     params = [DecodeParams.from_manifest(manifest)] * b
     want = decode_batch([raw], manifest, _identity_boxes(b), params)
-    settings = NmsSettings(0.4, 0.5, 15, 120, prefer_torchvision=False)
+    settings = NmsSettings(0.4, 0.5, 15, 120, prefer_torchvision=False, multi_label=multi_label)
     out = yolov8_end2end(torch.from_numpy(raw), settings)
     e2e = dataclasses.replace(manifest, output_format="end2end")
     got = decode_batch([t.numpy() for t in out.as_tuple()], e2e, _identity_boxes(b), params)
