@@ -201,7 +201,8 @@ def write_model_card(package_dir: str | Path, reports: Sequence[Mapping[str, Any
               f"{parity.get('max_abs_diff_scores', float('nan')):.3g} (limit "
               f"{limits.get('scores')}). "
               f"`{CHECKPOINT_FILE}` holds the same weights (float16) for the PyTorch engines.", ""]
-    lines += list(notes)
+    for note in notes:  # one paragraph each
+        lines += [note, ""]
     path = pkg.root / CARD_FILE
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
