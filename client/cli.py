@@ -164,7 +164,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for m in listing.models:
         mark = "*" if m.is_default else " "
         print(f"{mark} {m.name:<20} v{m.version:<8} {m.input_width}x{m.input_height} "
-              f"{m.precision:<5} {m.engine:<12} nms={m.nms or '?'} classes={len(m.classes)} "
+              f"{m.precision:<5} {m.engine:<12} nms={m.nms or '?'}"
+              f"{' multi-label' if m.multi_label else ''} classes={len(m.classes)} "
               f"max_batch={m.batching.max_batch_size}")
     return 0
 

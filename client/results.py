@@ -198,6 +198,7 @@ class ModelInfo:
     is_default: bool
     nms: str
     metadata: dict[str, str] = field(default_factory=dict)
+    multi_label: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -220,6 +221,7 @@ class ModelInfo:
             },
             "is_default": self.is_default,
             "nms": self.nms,
+            "multi_label": self.multi_label,
             "metadata": dict(self.metadata),
         }
 
@@ -248,4 +250,5 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
         is_default=bool(msg.is_default),
         nms=msg.nms,
         metadata=dict(msg.metadata),
+        multi_label=bool(msg.multi_label),
     )

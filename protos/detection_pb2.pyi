@@ -174,7 +174,7 @@ class BatchingSettings(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., max_queue_size: _Optional[int] = ..., instances: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "classes", "input_width", "input_height", "preprocessing", "output_format", "precision", "engine", "score_threshold", "iou_threshold", "max_detections", "batching", "is_default", "nms", "metadata")
+    __slots__ = ("name", "version", "classes", "input_width", "input_height", "preprocessing", "output_format", "precision", "engine", "score_threshold", "iou_threshold", "max_detections", "batching", "is_default", "nms", "metadata", "multi_label")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +198,7 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     NMS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    MULTI_LABEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     classes: _containers.RepeatedScalarFieldContainer[str]
@@ -214,4 +215,5 @@ class ModelInfo(_message.Message):
     is_default: bool
     nms: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., output_format: _Optional[str] = ..., precision: _Optional[str] = ..., engine: _Optional[str] = ..., score_threshold: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_detections: _Optional[int] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., is_default: _Optional[bool] = ..., nms: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    multi_label: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., output_format: _Optional[str] = ..., precision: _Optional[str] = ..., engine: _Optional[str] = ..., score_threshold: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_detections: _Optional[int] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., is_default: _Optional[bool] = ..., nms: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., multi_label: _Optional[bool] = ...) -> None: ...

@@ -60,6 +60,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         ),
         is_default=model.is_default,
         nms=m.nms,
+        multi_label=m.postprocess.multi_label,
         metadata={str(k): _text(v) for k, v in m.metadata.items()},
     )
 

@@ -90,3 +90,13 @@ def test_detect_cli_finds_the_objects_of_synthetic_scenes(
     assert {r["model"] for r in replies} == {"shapes@320"}
     engine = default_server.server.registry.default
     assert (engine.engine_kind, engine.manifest.precision) == ("openvino", "int8")
+
+
+@needs_package
+def test_models_cli_reports_the_default_packages_multi_label_nms(
+        default_server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert client_main(["models", "--json", "--target", default_server.target]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    facts = {m["name"]: (m["nms"], m["multi_label"], m["precision"]) for m in listing["models"]}
+    assert facts["shapes@320"] == ("host", True, "int8")
+    assert listing["default_model"] == "shapes@320"

@@ -148,6 +148,7 @@ async def test_list_models_and_model_info(
     assert list(info.classes) == ["red", "green", "blue"]
     assert (info.input_width, info.input_height, info.output_format) == (64, 64, "yolov8")
     assert (info.precision, info.engine, info.nms) == ("fp32", "onnxruntime", "host")
+    assert info.multi_label is False  # the manifest's default: each anchor's best class
     assert (round(info.score_threshold, 3), round(info.iou_threshold, 3)) == (0.6, 0.5)
     assert info.max_detections == 100
     pre = info.preprocessing
