@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from faster_coco_eval import COCO, COCOeval_faster
-from torch import Tensor, nn
+from torch import nn
 
+from detserve.engines.torch_nms import NmsSettings, yolov8_end2end
 from detserve.models.train_data import Sample, letterbox
 
 
@@ -37,41 +38,10 @@ class QuickMetrics:
                 "AP_large@0.5:0.95": self.ap_large}
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS; returns kept indices, highest score first."""
-    order = scores.argsort(descending=True)
-    boxes = boxes[order]
-    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(1)
-    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(2)
-    iou = inter / (area[:, None] + area[None, :] - inter + 1e-9)
-    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
-    keep = []
-    for i in range(len(boxes)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= iou[i] > iou_threshold
-    return order[torch.tensor(keep, dtype=torch.long)]
-
-
-def postprocess(pred: Tensor, score_threshold: float = 0.001, iou_threshold: float = 0.6,
-                max_det: int = 300, top_k: int = 1000) -> tuple[Tensor, Tensor, Tensor]:
-    """One image's `[4 + nc, N]` output -> (boxes x1y1x2y2, scores, classes), class-aware NMS.
-
-    Every (cell, class) pair above the threshold is a candidate, as mAP evaluation expects."""
-    box, cls = pred[:4].t(), pred[4:].t()
-    cells, classes = (cls > score_threshold).nonzero(as_tuple=True)
-    scores = cls[cells, classes]
-    if len(scores) > top_k:
-        top = scores.topk(top_k).indices
-        cells, classes, scores = cells[top], classes[top], scores[top]
-    xy, wh = box[cells, :2], box[cells, 2:]
-    xyxy = torch.cat([xy - wh / 2, xy + wh / 2], 1)
-    # Offset each class far apart so one NMS pass never suppresses across classes.
-    keep = nms(xyxy + classes[:, None].float() * 1e5, scores, iou_threshold)[:max_det]
-    return xyxy[keep], scores[keep], classes[keep]
+# COCO-eval settings: every (cell, class) pair above 0.001 is a candidate, as mAP evaluation
+# expects; the same NMS as the torch-cuda engine (engines.torch_nms), run here on the CPU.
+EVAL_NMS = NmsSettings(score_threshold=0.001, iou_threshold=0.6, max_detections=300,
+                       pre_nms_top_k=1000, multi_label=True)
 
 
 def _coco_gt(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[str, Any]:
@@ -95,10 +65,10 @@ def _predict(model: nn.Module, samples: Sequence[Sample], size: int, batch_size:
         chunk = samples[start: start + batch_size]
         boxed = [letterbox(s.image, size) for s in chunk]
         x = torch.from_numpy(np.stack([b[0] for b in boxed])).permute(0, 3, 1, 2).float() / 255
-        out = model(x.contiguous(memory_format=torch.channels_last))
-        for j, (pred, (_, fit)) in enumerate(zip(out, boxed, strict=True)):
-            s = chunk[j]
-            boxes, scores, classes = postprocess(pred)
+        out = yolov8_end2end(model(x.contiguous(memory_format=torch.channels_last)), EVAL_NMS)
+        for j, (_, fit) in enumerate(boxed):
+            s, n = chunk[j], int(out.num_dets[j, 0])
+            boxes, scores, classes = out.boxes[j, :n], out.scores[j, :n], out.classes[j, :n]
             sx, sy = fit.new_w / s.image.shape[1], fit.new_h / s.image.shape[0]
             boxes = (boxes - torch.tensor([fit.pad_x, fit.pad_y] * 2)) / torch.tensor([sx, sy] * 2)
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, s.image.shape[1])
