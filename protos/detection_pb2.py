@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65tserve/protos/detection.proto\x12\x0b\x64\x65tserve.v1\x1a\x17google/rpc/status.proto\"g\n\x08RawFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12.\n\x0cpixel_format\x18\x04 \x01(\x0e\x32\x18.detserve.v1.PixelFormat\"J\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.detserve.v1.RawFrameH\x00\x42\x08\n\x06source\"\x8a\x02\n\rDetectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12!\n\x05image\x18\x04 \x01(\x0b\x32\x12.detserve.v1.Image\x12\x1c\n\x0fscore_threshold\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\riou_threshold\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0emax_detections\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x11\n\tclass_ids\x18\x08 \x03(\rB\x12\n\x10_score_thresholdB\x10\n\x0e_iou_thresholdB\x11\n\x0f_max_detections\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"Z\n\tDetection\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x1d\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x10.detserve.v1.Box\"q\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\xb5\x02\n\x0e\x44\x65tectResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12*\n\ndetections\x18\x03 \x03(\x0b\x32\x16.detserve.v1.Detection\x12#\n\x06timing\x18\x04 \x01(\x0b\x32\x13.detserve.v1.Timing\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x13\n\x0bimage_width\x18\x08 \x01(\r\x12\x14\n\x0cimage_height\x18\t \x01(\r\x12\"\n\x06status\x18\n \x01(\x0b\x32\x12.google.rpc.Status\x12\x16\n\x0e\x64ropped_frames\x18\x0b \x01(\r\x12\x0b\n\x03nms\x18\x0c \x01(\t\"\x13\n\x11ListModelsRequest\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.detserve.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"q\n\rPreprocessing\x12\x13\n\x0b\x63olor_order\x18\x01 \x01(\t\x12\x0e\n\x06resize\x18\x02 \x01(\t\x12\x11\n\tpad_value\x18\x03 \x01(\r\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\"\x90\x01\n\x10\x42\x61tchingSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x02 \x01(\x01\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\r\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\x12\x11\n\tinstances\x18\x05 \x01(\r\"\xeb\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x13\n\x0binput_width\x18\x04 \x01(\r\x12\x14\n\x0cinput_height\x18\x05 \x01(\r\x12\x31\n\rpreprocessing\x18\x06 \x01(\x0b\x32\x1a.detserve.v1.Preprocessing\x12\x15\n\routput_format\x18\x07 \x01(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x0e\n\x06\x65ngine\x18\t \x01(\t\x12\x17\n\x0fscore_threshold\x18\n \x01(\x02\x12\x15\n\riou_threshold\x18\x0b \x01(\x02\x12\x16\n\x0emax_detections\x18\x0c \x01(\r\x12/\n\x08\x62\x61tching\x18\r \x01(\x0b\x32\x1d.detserve.v1.BatchingSettings\x12\x12\n\nis_default\x18\x0e \x01(\x08\x12\x0b\n\x03nms\x18\x0f \x01(\t\x12\x36\n\x08metadata\x18\x10 \x03(\x0b\x32$.detserve.v1.ModelInfo.MetadataEntry\x12\x13\n\x0bmulti_label\x18\x11 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*q\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_RGB8\x10\x01\x12\x15\n\x11PIXEL_FORMAT_BGR8\x10\x02\x12\x16\n\x12PIXEL_FORMAT_GRAY8\x10\x03\x32\xb3\x02\n\x08\x44\x65tector\x12\x41\n\x06\x44\x65tect\x12\x1a.detserve.v1.DetectRequest\x1a\x1b.detserve.v1.DetectResponse\x12K\n\x0c\x44\x65tectStream\x12\x1a.detserve.v1.DetectRequest\x1a\x1b.detserve.v1.DetectResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.detserve.v1.ListModelsRequest\x1a\x1f.detserve.v1.ListModelsResponse\x12H\n\x0cGetModelInfo\x12 .detserve.v1.GetModelInfoRequest\x1a\x16.detserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65tserve/protos/detection.proto\x12\x0b\x64\x65tserve.v1\x1a\x17google/rpc/status.proto\"g\n\x08RawFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12.\n\x0cpixel_format\x18\x04 \x01(\x0e\x32\x18.detserve.v1.PixelFormat\"J\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.detserve.v1.RawFrameH\x00\x42\x08\n\x06source\"\x8a\x02\n\rDetectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12!\n\x05image\x18\x04 \x01(\x0b\x32\x12.detserve.v1.Image\x12\x1c\n\x0fscore_threshold\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\riou_threshold\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0emax_detections\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x11\n\tclass_ids\x18\x08 \x03(\rB\x12\n\x10_score_thresholdB\x10\n\x0e_iou_thresholdB\x11\n\x0f_max_detections\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"Z\n\tDetection\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x1d\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x10.detserve.v1.Box\"q\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\xd2\x02\n\x0e\x44\x65tectResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12*\n\ndetections\x18\x03 \x03(\x0b\x32\x16.detserve.v1.Detection\x12#\n\x06timing\x18\x04 \x01(\x0b\x32\x13.detserve.v1.Timing\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x13\n\x0bimage_width\x18\x08 \x01(\r\x12\x14\n\x0cimage_height\x18\t \x01(\r\x12\"\n\x06status\x18\n \x01(\x0b\x32\x12.google.rpc.Status\x12\x16\n\x0e\x64ropped_frames\x18\x0b \x01(\r\x12\x0b\n\x03nms\x18\x0c \x01(\t\x12\x1b\n\x13\x65xecuted_batch_size\x18\r \x01(\r\"\x13\n\x11ListModelsRequest\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.detserve.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"q\n\rPreprocessing\x12\x13\n\x0b\x63olor_order\x18\x01 \x01(\t\x12\x0e\n\x06resize\x18\x02 \x01(\t\x12\x11\n\tpad_value\x18\x03 \x01(\r\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\"\xab\x01\n\x10\x42\x61tchingSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x02 \x01(\x01\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\r\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\x12\x11\n\tinstances\x18\x05 \x01(\r\x12\x19\n\x11max_queue_wait_ms\x18\x06 \x01(\x01\"\xeb\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x13\n\x0binput_width\x18\x04 \x01(\r\x12\x14\n\x0cinput_height\x18\x05 \x01(\r\x12\x31\n\rpreprocessing\x18\x06 \x01(\x0b\x32\x1a.detserve.v1.Preprocessing\x12\x15\n\routput_format\x18\x07 \x01(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x0e\n\x06\x65ngine\x18\t \x01(\t\x12\x17\n\x0fscore_threshold\x18\n \x01(\x02\x12\x15\n\riou_threshold\x18\x0b \x01(\x02\x12\x16\n\x0emax_detections\x18\x0c \x01(\r\x12/\n\x08\x62\x61tching\x18\r \x01(\x0b\x32\x1d.detserve.v1.BatchingSettings\x12\x12\n\nis_default\x18\x0e \x01(\x08\x12\x0b\n\x03nms\x18\x0f \x01(\t\x12\x36\n\x08metadata\x18\x10 \x03(\x0b\x32$.detserve.v1.ModelInfo.MetadataEntry\x12\x13\n\x0bmulti_label\x18\x11 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*q\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_RGB8\x10\x01\x12\x15\n\x11PIXEL_FORMAT_BGR8\x10\x02\x12\x16\n\x12PIXEL_FORMAT_GRAY8\x10\x03\x32\xb3\x02\n\x08\x44\x65tector\x12\x41\n\x06\x44\x65tect\x12\x1a.detserve.v1.DetectRequest\x1a\x1b.detserve.v1.DetectResponse\x12K\n\x0c\x44\x65tectStream\x12\x1a.detserve.v1.DetectRequest\x1a\x1b.detserve.v1.DetectResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.detserve.v1.ListModelsRequest\x1a\x1f.detserve.v1.ListModelsResponse\x12H\n\x0cGetModelInfo\x12 .detserve.v1.GetModelInfoRequest\x1a\x16.detserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_PIXELFORMAT']._serialized_start=1997
-  _globals['_PIXELFORMAT']._serialized_end=2110
+  _globals['_PIXELFORMAT']._serialized_start=2053
+  _globals['_PIXELFORMAT']._serialized_end=2166
   _globals['_RAWFRAME']._serialized_start=73
   _globals['_RAWFRAME']._serialized_end=176
   _globals['_IMAGE']._serialized_start=178
@@ -49,21 +49,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMING']._serialized_start=670
   _globals['_TIMING']._serialized_end=783
   _globals['_DETECTRESPONSE']._serialized_start=786
-  _globals['_DETECTRESPONSE']._serialized_end=1095
-  _globals['_LISTMODELSREQUEST']._serialized_start=1097
-  _globals['_LISTMODELSREQUEST']._serialized_end=1116
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1118
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1201
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1203
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1239
-  _globals['_PREPROCESSING']._serialized_start=1241
-  _globals['_PREPROCESSING']._serialized_end=1354
-  _globals['_BATCHINGSETTINGS']._serialized_start=1357
-  _globals['_BATCHINGSETTINGS']._serialized_end=1501
-  _globals['_MODELINFO']._serialized_start=1504
-  _globals['_MODELINFO']._serialized_end=1995
-  _globals['_MODELINFO_METADATAENTRY']._serialized_start=1948
-  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1995
-  _globals['_DETECTOR']._serialized_start=2113
-  _globals['_DETECTOR']._serialized_end=2420
+  _globals['_DETECTRESPONSE']._serialized_end=1124
+  _globals['_LISTMODELSREQUEST']._serialized_start=1126
+  _globals['_LISTMODELSREQUEST']._serialized_end=1145
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1147
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1230
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1232
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1268
+  _globals['_PREPROCESSING']._serialized_start=1270
+  _globals['_PREPROCESSING']._serialized_end=1383
+  _globals['_BATCHINGSETTINGS']._serialized_start=1386
+  _globals['_BATCHINGSETTINGS']._serialized_end=1557
+  _globals['_MODELINFO']._serialized_start=1560
+  _globals['_MODELINFO']._serialized_end=2051
+  _globals['_MODELINFO_METADATAENTRY']._serialized_start=2004
+  _globals['_MODELINFO_METADATAENTRY']._serialized_end=2051
+  _globals['_DETECTOR']._serialized_start=2169
+  _globals['_DETECTOR']._serialized_end=2476
 # @@protoc_insertion_point(module_scope)

@@ -98,7 +98,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("request_id", "frame_id", "detections", "timing", "batch_size", "model", "model_version", "image_width", "image_height", "status", "dropped_frames", "nms")
+    __slots__ = ("request_id", "frame_id", "detections", "timing", "batch_size", "model", "model_version", "image_width", "image_height", "status", "dropped_frames", "nms", "executed_batch_size")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class DetectResponse(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FRAMES_FIELD_NUMBER: _ClassVar[int]
     NMS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTED_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     frame_id: int
     detections: _containers.RepeatedCompositeFieldContainer[Detection]
@@ -123,7 +124,8 @@ class DetectResponse(_message.Message):
     status: _status_pb2.Status
     dropped_frames: int
     nms: str
-    def __init__(self, request_id: _Optional[str] = ..., frame_id: _Optional[int] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., batch_size: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., dropped_frames: _Optional[int] = ..., nms: _Optional[str] = ...) -> None: ...
+    executed_batch_size: int
+    def __init__(self, request_id: _Optional[str] = ..., frame_id: _Optional[int] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., batch_size: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., dropped_frames: _Optional[int] = ..., nms: _Optional[str] = ..., executed_batch_size: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -160,18 +162,20 @@ class Preprocessing(_message.Message):
     def __init__(self, color_order: _Optional[str] = ..., resize: _Optional[str] = ..., pad_value: _Optional[int] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class BatchingSettings(_message.Message):
-    __slots__ = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size", "instances")
+    __slots__ = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size", "instances", "max_queue_wait_ms")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     PREFERRED_BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_queue_delay_ms: float
     preferred_batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     max_queue_size: int
     instances: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., max_queue_size: _Optional[int] = ..., instances: _Optional[int] = ...) -> None: ...
+    max_queue_wait_ms: float
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., max_queue_size: _Optional[int] = ..., instances: _Optional[int] = ..., max_queue_wait_ms: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "classes", "input_width", "input_height", "preprocessing", "output_format", "precision", "engine", "score_threshold", "iou_threshold", "max_detections", "batching", "is_default", "nms", "metadata", "multi_label")
