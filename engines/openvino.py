@@ -4,9 +4,11 @@ One compiled model is shared by every engine object made from the same package a
 each engine object (one per server instance) owns its own infer request, so instances overlap:
 `InferRequest.infer` releases the GIL while OpenVINO runs.
 
-Batch dimension: one dynamic-batch model by default; `static_batch_sizes` compiles one model per
-listed size as well, and a batch runs on the smallest that holds it (zero-padded, the padding's
-outputs dropped). benchmarks/openvino measures which is faster.
+Batch dimension: one dynamic-batch model by default. `static_batch_sizes` compiles one model per
+listed size instead, and a batch runs as the cheapest sequence of those sizes (engines/batch_plan:
+a batch of 6 on {1, 2, 4, 8} runs as 4 + 2, or padded to 8 where that measured cheaper; only the
+last run is zero-padded and the padding's outputs are dropped). The cost of one run of each size
+is measured at start-up, or given as `plan_costs_ms`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from detserve.engines.batch_plan import BatchPlan, plan_batches, split_rows
 from detserve.engines.manifest import Manifest, ModelPackage
 
 log = logging.getLogger(__name__)
@@ -98,6 +102,8 @@ class OpenVinoEngine:
         cache_dir: str | Path | None = None,
         device: str = "CPU",
         static_batch_sizes: Sequence[int] = (),
+        max_batch_size: int | None = None,
+        plan_costs_ms: Mapping[int, float] | None = None,
     ) -> None:
         import openvino as ov
 
@@ -127,13 +133,19 @@ class OpenVinoEngine:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache_dir)
-        self._compiled = _compile(core, package, device, config)
+        # Static sizes cover any batch (the plan pads or chains them), so the dynamic model is
+        # compiled only without them: each compiled model costs tens of MB.
+        self._compiled = _compile(core, package, device, config, sizes[0] if sizes else 0)
         self._request: Any = self._compiled.create_infer_request()
         self._check_input(package.manifest)
-        # Per-size static models, smallest first: a batch runs on the smallest that holds it.
-        self._static: list[tuple[int, Any]] = [
-            (n, _compile(core, package, device, config, n).create_infer_request()) for n in sizes
-        ]
+        self._static: dict[int, Any] = {
+            n: _compile(core, package, device, config, n).create_infer_request() for n in sizes
+        }
+        self._plan: BatchPlan | None = None
+        if sizes:
+            top = max_batch_size or package.manifest.max_batch_size
+            costs = _costs_s(plan_costs_ms, sizes) or self._measure_costs_s(package.manifest)
+            self._plan = plan_batches(costs, top)
         meta = dict(package.manifest.metadata)
         meta["openvino_precision"] = self._choice.effective
         if self._choice.note:
@@ -143,8 +155,9 @@ class OpenVinoEngine:
         )
         self.config = dict(config)
         log.info(
-            "openvino: serving %s on %s at %s (requested %s), static batch sizes %s",
+            "openvino: serving %s on %s at %s (requested %s), static batch sizes %s, plan %s",
             package.manifest.name, device, self._choice.effective, precision, list(sizes),
+            None if self._plan is None else dict(self._plan.chunks),
         )  # fmt: skip
 
     @property
@@ -170,29 +183,78 @@ class OpenVinoEngine:
 
     def infer(self, batch: npt.NDArray[np.float32]) -> Sequence[npt.NDArray[np.generic]]:
         data = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._plan is None:
+            result = self._request.infer({0: data})
+            return [np.array(result[out]) for out in self._compiled.outputs]
         n = data.shape[0]
-        for size, request in self._static:
-            if size >= n:
-                if size > n:  # pad with zeros; the padded rows' outputs are dropped below
-                    data = np.concatenate([data, np.zeros((size - n, *data.shape[1:]), data.dtype)])
-                result = request.infer({0: data})
-                return [np.array(result[out][:n]) for out in request.model_outputs]
-        result = self._request.infer({0: data})
-        return [np.array(result[out]) for out in self._compiled.outputs]
+        parts = [self._run_static(data[start:stop], size)
+                 for start, stop, size in split_rows(n, self.batch_plan(n))]
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+    def _run_static(self, rows: npt.NDArray[np.float32], size: int) -> list[npt.NDArray[Any]]:
+        n = rows.shape[0]
+        if size > n:  # pad with zeros; the padded rows' outputs are dropped below
+            rows = np.concatenate([rows, np.zeros((size - n, *rows.shape[1:]), rows.dtype)])
+        request = self._static[size]
+        result = request.infer({0: rows})
+        return [np.array(result[out][:n]) for out in request.model_outputs]
+
+    def batch_plan(self, n: int) -> tuple[int, ...]:
+        """The compiled sizes a batch of `n` runs as; (n,) on the dynamic model."""
+        if self._plan is None:
+            return (n,)
+        if n > max(self._plan.chunks):
+            top = max(self._static)
+            full, rest = divmod(n, top)
+            return (top,) * full + (self._plan.for_size(rest) if rest else ())
+        return self._plan.for_size(n)
+
+    @property
+    def plan(self) -> BatchPlan | None:
+        return self._plan
 
     @property
     def static_batch_sizes(self) -> tuple[int, ...]:
-        return tuple(n for n, _ in self._static)
+        return tuple(sorted(self._static))
+
+    def _measure_costs_s(self, manifest: Manifest, runs: int = 5) -> dict[int, float]:
+        """Median wall time of one run of each compiled size, on zeros (after one warm-up)."""
+        costs = {}
+        for size, request in self._static.items():
+            zeros = np.zeros((size, 3, manifest.input_height, manifest.input_width), np.float32)
+            request.infer({0: zeros})
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                request.infer({0: zeros})
+                times.append(time.perf_counter() - start)
+            costs[size] = sorted(times)[runs // 2]
+        return costs
 
     def close(self) -> None:
         # The compiled models stay cached for other instances; the requests go with us.
         self._request = None
-        self._static = []
+        self._static = {}
 
 
 def cpu_capabilities(core: Any, device: str) -> list[str]:
     """What the device reports in OPTIMIZATION_CAPABILITIES (e.g. FP32, BF16, INT8)."""
     return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+
+
+def _costs_s(costs_ms: Mapping[int, float] | None, sizes: Sequence[int]) -> dict[int, float]:
+    """`plan_costs_ms` as seconds per compiled size; {} when not given (measure instead)."""
+    if not costs_ms:
+        return {}
+    given = {int(k): float(v) for k, v in costs_ms.items()}
+    if sorted(given) != sorted(sizes):
+        raise ValueError(
+            f"openvino plan_costs_ms must give a cost for each static batch size {list(sizes)}, "
+            f"got sizes {sorted(given)}"
+        )
+    return {size: ms / 1e3 for size, ms in given.items()}
 
 
 def _check_static_sizes(sizes: Sequence[int], max_batch: int) -> tuple[int, ...]:

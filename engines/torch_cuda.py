@@ -288,6 +288,13 @@ class TorchEngine:
         return slot
 
     # ---- running ---------------------------------------------------------------------------
+    def batch_plan(self, n: int) -> tuple[int, ...]:
+        """The captured sizes a batch of `n` runs as: chunks of the largest, the rest padded up
+        to the next captured size (a GPU pays little for padding; a CPU engine plans instead)."""
+        top = self._sizes[-1]
+        full, rest = divmod(n, top)
+        return (top,) * full + ((self.padded_size(rest),) if rest else ())
+
     def padded_size(self, n: int) -> int:
         """The allowed batch size a chunk of `n` rows runs at (n <= the largest size)."""
         for size in self._sizes:

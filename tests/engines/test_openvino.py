@@ -99,17 +99,38 @@ def test_bad_settings_name_the_value(tiny_package: Path) -> None:
         OpenVinoEngine(load_package(tiny_package), performance_hint="FAST")
 
 
-def test_static_batch_sizes_pad_up_and_match_the_dynamic_model(tiny_package: Path) -> None:
+def test_static_batch_sizes_run_the_plan_and_match_the_dynamic_model(tiny_package: Path) -> None:
     package = load_package(tiny_package)
     dynamic = OpenVinoEngine(package, precision="f32", num_threads=1)
-    static = OpenVinoEngine(package, precision="f32", num_threads=1, static_batch_sizes=[4, 1])
+    # Costs given, so the plan is known: one run of 4 is cheaper than 1 + 1 + 1 but dearer than
+    # 1 + 1, and a batch above the largest size chains runs.
+    static = OpenVinoEngine(package, precision="f32", num_threads=1, static_batch_sizes=[4, 1],
+                            max_batch_size=8, plan_costs_ms={1: 1.0, 4: 2.5})
     assert static.static_batch_sizes == (1, 4)
+    assert [static.batch_plan(n) for n in (1, 2, 3, 4, 6, 8)] == [
+        (1,), (1, 1), (4,), (4,), (4, 1, 1), (4, 4)]
+    assert dynamic.batch_plan(6) == (6,)
     rng = np.random.default_rng(0)
-    for size in (1, 3, 4, 6):  # exact, padded to 4, exact, above every static size (dynamic)
+    for size in (1, 2, 3, 4, 6, 8):  # exact, chained ones, padded, exact, chained, two fours
         batch = rng.random((size, 3, 64, 64), dtype=np.float32)
         got = _first(static, batch)
         assert got.shape == (size, 7, 4)
         np.testing.assert_allclose(got, _first(dynamic, batch), atol=1e-5)
+
+
+def test_static_plan_costs_are_measured_when_not_given(tiny_package: Path) -> None:
+    engine = OpenVinoEngine(load_package(tiny_package), precision="f32", num_threads=1,
+                            static_batch_sizes=[1, 2], max_batch_size=3)
+    plan = engine.plan
+    assert plan is not None and sorted(plan.costs_s) == [1, 2]
+    assert all(0 < cost < 5.0 for cost in plan.costs_s.values())
+    assert sorted(plan.chunks) == [1, 2, 3] and all(sum(c) >= n for n, c in plan.chunks.items())
+
+
+def test_plan_costs_must_name_every_static_size(tiny_package: Path) -> None:
+    with pytest.raises(ValueError, match=r"plan_costs_ms .* \[1, 4\], got sizes \[1\]"):
+        OpenVinoEngine(load_package(tiny_package), static_batch_sizes=[1, 4],
+                       plan_costs_ms={1: 1.0})
 
 
 def test_bad_static_batch_sizes_name_the_value(tiny_package: Path) -> None:

@@ -189,6 +189,7 @@ def test_batch_of_three_runs_padded_to_four_and_answers_three_rows(
         det_package: Path, batch: npt.NDArray[np.float32]) -> None:
     engine = TorchEngine(det_package, device="cpu", nms="host", batch_sizes=(1, 2, 4))
     assert [engine.padded_size(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 4]
+    assert [engine.batch_plan(n) for n in (3, 4, 7)] == [(4,), (4,), (4, 4)]
     raw = _f32(engine.infer(batch)[0])
     assert engine.last_padded_size == 4 and raw.shape[0] == 3
     alone = _f32(engine.infer(batch[1:2])[0])
