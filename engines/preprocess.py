@@ -137,11 +137,37 @@ def _check_color(header: ImageHeader) -> None:
         raise ImageError(f"{header.format} image is {header.color}; {ACCEPTED}")
 
 
-def decode_encoded(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """JPEG/PNG bytes -> HxWx3 uint8 RGB, refusing what the server does not accept."""
+def check_encoded(data: bytes, max_pixels: int) -> ImageHeader:
+    """The header of JPEG/PNG bytes the server accepts, or ImageError; nothing is decoded."""
     header = read_header(data)
     _check_size(header.width, header.height, max_pixels, f"{header.format} image")
     _check_color(header)
+    return header
+
+
+def check_raw(data: bytes, height: int, width: int, pixel_format: str, max_pixels: int) -> int:
+    """The channel count of a raw frame the server accepts, or ImageError."""
+    channels = PIXEL_FORMATS.get(pixel_format)
+    if channels is None:
+        raise ImageError(
+            f"raw frame pixel format {pixel_format!r} is not supported; use one of "
+            f"{sorted(PIXEL_FORMATS)}"
+        )
+    if height < 1 or width < 1:
+        raise ImageError(f"raw frame size must be positive, got height={height}, width={width}")
+    _check_size(width, height, max_pixels, "raw frame")
+    expected = height * width * channels
+    if len(data) != expected:
+        raise ImageError(
+            f"raw frame has {len(data)} bytes but height x width x channels = "
+            f"{height} x {width} x {channels} = {expected} for {pixel_format}"
+        )
+    return channels
+
+
+def decode_encoded(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """JPEG/PNG bytes -> HxWx3 uint8 RGB, refusing what the server does not accept."""
+    header = check_encoded(data, max_pixels)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError(f"{header.format} image could not be decoded (corrupt data)")
@@ -164,21 +190,7 @@ def decode_raw(
     data: bytes, height: int, width: int, pixel_format: str, max_pixels: int
 ) -> npt.NDArray[np.uint8]:
     """A raw frame -> HxWx3 uint8 RGB (GRAY8 replicated). RGB8 returns a read-only view."""
-    channels = PIXEL_FORMATS.get(pixel_format)
-    if channels is None:
-        raise ImageError(
-            f"raw frame pixel format {pixel_format!r} is not supported; use one of "
-            f"{sorted(PIXEL_FORMATS)}"
-        )
-    if height < 1 or width < 1:
-        raise ImageError(f"raw frame size must be positive, got height={height}, width={width}")
-    _check_size(width, height, max_pixels, "raw frame")
-    expected = height * width * channels
-    if len(data) != expected:
-        raise ImageError(
-            f"raw frame has {len(data)} bytes but height x width x channels = "
-            f"{height} x {width} x {channels} = {expected} for {pixel_format}"
-        )
+    channels = check_raw(data, height, width, pixel_format, max_pixels)
     pixels = np.frombuffer(data, np.uint8).reshape(height, width, channels)
     if pixel_format == "RGB8":
         return pixels

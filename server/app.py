@@ -20,13 +20,16 @@ from grpc_reflection.v1alpha import reflection
 
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
+from detserve.server.admission import PixelBudget
 from detserve.server.config import ServerConfig
+from detserve.server.decode_pool import DecodePool
 from detserve.server.detect import DetectCore, RequestRecord
 from detserve.server.errors import RequestError
 from detserve.server.logs import configure_logging
 from detserve.server.observe import UNKNOWN_MODEL, RequestObserver, build_observer
 from detserve.server.registry import EngineFactory, ModelRegistry, default_engine_factory
 from detserve.server.service import DetectorService
+from detserve.server.stream_slots import StreamSlots
 from detserve.server.streams import StreamSettings
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Detector"].full_name
@@ -50,7 +53,9 @@ class Server:
         service: DetectorService,
         health: HealthServicer,
         observer: RequestObserver,
+        core: DetectCore,
     ) -> None:
+        self.core = core
         self.grpc_server = grpc_server
         self.port = port
         self.registry = registry
@@ -81,6 +86,7 @@ class Server:
             await self.grpc_server.stop(FINAL_GRACE_S if left is None else min(left, FINAL_GRACE_S))
             await self.registry.stop(drain=True)
         finally:
+            await asyncio.to_thread(self.core.decoder.close)
             self.observer.close()
             self._stopped.set()
 
@@ -116,12 +122,16 @@ async def _start(
     observer: RequestObserver,
     on_stream_drop: Callable[[str], None] | None,
 ) -> Server:
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        # Without this a second server on a busy port binds too and they split the traffic.
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            # Without this a second server on a busy port binds too and they split the traffic.
+            ("grpc.so_reuseport", 0),
+        ],
+        # A backstop in gRPC itself (RESOURCE_EXHAUSTED beyond it); admission decides first.
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
 
     def dropped(model: str) -> None:
         try:
@@ -135,8 +145,11 @@ async def _start(
     def record(rec: RequestRecord) -> None:
         observer.request(rec, registry)
 
-    core = DetectCore(registry, config.max_pixels, record)
-    streams = StreamSettings(config.stream_policy, config.stream_max_in_flight, dropped)
+    core = DetectCore(registry, config.max_pixels, record,
+                      PixelBudget(config.max_pixels_in_flight),
+                      DecodePool(config.decode_thread_count))
+    streams = StreamSettings(config.stream_policy, config.stream_max_in_flight, dropped,
+                             slots=StreamSlots(config.stream_max_frames_held))
     service = DetectorService(registry, core, streams)
     pb_grpc.add_DetectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health = HealthServicer()
@@ -155,7 +168,7 @@ async def _start(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(server, port, registry, service, health, observer)
+    return Server(server, port, registry, service, health, observer, core)
 
 
 def serving_summary(registry: ModelRegistry) -> dict[str, dict[str, str]]:

@@ -54,9 +54,17 @@ class BatchingConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 256
     instances: int = 1
+    # Admission refuses a request whose expected wait is above this; None = no time bound.
+    max_queue_wait_s: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("max_batch_size", self.max_batch_size, 1)
+        wait = self.max_queue_wait_s
+        if wait is not None and (
+            isinstance(wait, bool) or not isinstance(wait, int | float)
+            or not math.isfinite(wait) or wait <= 0
+        ):
+            raise ValueError(f"max_queue_wait_s must be a finite number > 0 or None, got {wait!r}")
         _check_int("max_queue_size", self.max_queue_size, 1)
         _check_int("instances", self.instances, 1)
         delay = self.max_queue_delay_s
@@ -121,10 +129,13 @@ class Batcher(Generic[T, R]):
         run_batch: Callable[[list[T]], list[R | Exception]],
         config: BatchingConfig,
         name: str = "",
+        queue_limit: int | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.config = config
         self.name = name
+        # Admission bounds what reaches the queue; stream frames may add to max_queue_size.
+        self.queue_limit = config.max_queue_size if queue_limit is None else queue_limit
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._form_lock = asyncio.Lock()
@@ -133,6 +144,8 @@ class Batcher(Generic[T, R]):
         self._started = False
         self._closing = False
         self._draining = False
+        self.running_batches = 0  # batches in an engine now
+        self.running_items = 0  # their items
 
     async def start(self) -> None:
         if self._started:
@@ -160,10 +173,9 @@ class Batcher(Generic[T, R]):
             raise RuntimeError(f"batcher {self.name!r} is not started; await start() first")
         if self._closing:
             raise BatcherClosedError(f"batcher {self.name!r} is shutting down")
-        if len(self._queue) >= self.config.max_queue_size:
+        if len(self._queue) >= self.queue_limit:
             raise QueueFullError(
-                f"batcher {self.name!r} queue is full "
-                f"({self.config.max_queue_size} requests waiting)"
+                f"batcher {self.name!r} queue is full ({self.queue_limit} requests waiting)"
             )
         now = time.monotonic()
         if deadline is not None and now >= deadline:
@@ -326,6 +338,8 @@ class Batcher(Generic[T, R]):
         """Run one batch; every future in it is answered, whatever happens."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        self.running_batches += 1
+        self.running_items += len(batch)
         try:
             run = await loop.run_in_executor(
                 self._executor, self._timed_run, [p.item for p in batch]
@@ -335,6 +349,8 @@ class Batcher(Generic[T, R]):
             for pending in batch:
                 self._settle_error(pending, exc)
         finally:
+            self.running_batches -= 1
+            self.running_items -= len(batch)
             for pending in batch:  # e.g. the worker task was cancelled mid-run
                 self._settle_error(
                     pending,

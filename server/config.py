@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -54,6 +55,13 @@ class ServerConfig:
     # `block` policy: frames of one stream being processed at once before reading stops.
     stream_max_in_flight: int = 4
     drain_grace_s: float = 10.0
+    # Admission (admission.py): gRPC's own limit on calls in progress (streams count once), the
+    # decode threads (None: one per CPU core), decoded pixels in flight across the server, and
+    # stream frames held across all streams.
+    max_concurrent_rpcs: int = 1024
+    decode_threads: int | None = None
+    max_pixels_in_flight: int = 80_000_000
+    stream_max_frames_held: int = 256
     log_requests: bool = True
     log_level: str = "INFO"
     models: tuple[ModelConfig, ...] = ()
@@ -61,6 +69,10 @@ class ServerConfig:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def decode_thread_count(self) -> int:
+        return self.decode_threads or os.cpu_count() or 1
 
 
 SCALAR_FIELDS = tuple(f.name for f in fields(ServerConfig) if f.name != "models")
@@ -143,7 +155,7 @@ def _check_keys(raw: Mapping[str, Any], allowed: Sequence[str], where: str) -> N
 def parse_batching(raw: Any, where: str) -> BatchingConfig:
     raw = _mapping(raw, where)
     keys = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size",
-            "instances")
+            "instances", "max_queue_wait_ms")
     _check_keys(raw, keys, f"'{where}'")
     d = BatchingConfig()
     max_batch = _int(raw.get("max_batch_size", d.max_batch_size), f"{where}.max_batch_size", 1)
@@ -159,8 +171,11 @@ def parse_batching(raw: Any, where: str) -> BatchingConfig:
         raw.get("max_queue_delay_ms", d.max_queue_delay_s * 1000), f"{where}.max_queue_delay_ms",
         0.0,
     )
+    wait_raw = raw.get("max_queue_wait_ms")
+    wait_ms = None if wait_raw is None else _float(wait_raw, f"{where}.max_queue_wait_ms", 0.0)
     try:
         return BatchingConfig(
+            max_queue_wait_s=wait_ms / 1000.0 if wait_ms else None,  # 0 or null: no bound
             max_batch_size=max_batch,
             max_queue_delay_s=delay_ms / 1000.0,
             preferred_batch_sizes=sizes,
@@ -205,9 +220,12 @@ def _scalar(name: str, value: Any) -> Any:
         return _int(value, where, 0, 65535)
     if name == "metrics_port":
         return _optional_port(value, where)
-    if name in ("max_message_bytes", "max_pixels"):
+    if name in ("max_message_bytes", "max_pixels", "max_pixels_in_flight", "max_concurrent_rpcs",
+                "stream_max_in_flight", "stream_max_frames_held"):
         return _int(value, where, 1)
-    if name == "stream_max_in_flight":
+    if name == "decode_threads":
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "auto")):
+            return None
         return _int(value, where, 1)
     if name == "drain_grace_s":
         return _float(value, where, 0.0)
@@ -288,6 +306,11 @@ def validate(config: ServerConfig) -> ServerConfig:
     """Whole-config checks: at least one model, at most one default."""
     if not config.models:
         raise ConfigError("config field 'models' must list at least one model, got []")
+    if config.max_pixels > config.max_pixels_in_flight:
+        raise ConfigError(
+            f"config field 'max_pixels_in_flight' ({config.max_pixels_in_flight}) must be at "
+            f"least max_pixels ({config.max_pixels}), or no image at the limit could be decoded"
+        )
     defaults = [i for i, m in enumerate(config.models) if m.default]
     if len(defaults) > 1:
         raise ConfigError(

@@ -7,6 +7,7 @@ caller sees; every outcome, good or bad, is reported once to the observer (metri
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -18,8 +19,16 @@ import numpy.typing as npt
 
 from detserve.engines.base import DecodeParams, PreparedImage
 from detserve.engines.manifest import Manifest
-from detserve.engines.preprocess import decode_encoded, decode_raw, prepare
+from detserve.engines.preprocess import (
+    check_encoded,
+    check_raw,
+    decode_encoded,
+    decode_raw,
+    prepare,
+)
 from detserve.protos import detection_pb2 as pb
+from detserve.server.admission import ModelAdmission, PixelBudget, Rejected
+from detserve.server.decode_pool import DecodeOutcome, DecodePool
 from detserve.server.errors import RequestError, invalid, to_request_error
 from detserve.server.registry import BatchItem, ItemResult, ModelRegistry, ServedModel
 
@@ -44,6 +53,9 @@ class RequestRecord:
     peer: str = ""
     nms: str = ""  # where NMS ran: "host" (inside postprocess_ms) or in the engine run
     batch_size: int = 0
+    executed_batch_size: int = 0  # batch_size plus the engine's padding
+    reject_reason: str = ""  # admission bound that refused it (admission.REASONS), if any
+    decode: DecodeOutcome | None = None  # None: never reached the decode stage
     queue_ms: float = 0.0
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
@@ -106,6 +118,30 @@ def decode_params(request: pb.DetectRequest, model: ServedModel) -> DecodeParams
     return DecodeParams(score, iou, top, classes)
 
 
+def _raw_format(raw: pb.RawFrame) -> str:
+    fmt = PIXEL_FORMAT_NAMES.get(raw.pixel_format)
+    if fmt is None:
+        raise invalid(
+            f"raw frame pixel_format {pb.PixelFormat.Name(raw.pixel_format)} is not "
+            f"supported; use one of {sorted(PIXEL_FORMAT_NAMES.values())}"
+        )
+    return fmt
+
+
+def image_size(image: pb.Image, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of an image the server accepts, from its header or raw fields alone:
+    everything admission needs, checked before a pixel is decoded. ImageError if it is bad."""
+    source = image.WhichOneof("source")
+    if source == "encoded":
+        header = check_encoded(image.encoded, max_pixels)
+        return header.width, header.height
+    if source == "raw":
+        raw = image.raw
+        check_raw(raw.data, raw.height, raw.width, _raw_format(raw), max_pixels)
+        return raw.width, raw.height
+    raise invalid("image is required: set image.encoded (JPEG/PNG bytes) or image.raw")
+
+
 def decode_image(image: pb.Image, max_pixels: int) -> npt.NDArray[np.uint8]:
     """The request image as HxWx3 uint8 RGB; ImageError (INVALID_ARGUMENT) if it is bad."""
     source = image.WhichOneof("source")
@@ -113,13 +149,7 @@ def decode_image(image: pb.Image, max_pixels: int) -> npt.NDArray[np.uint8]:
         return decode_encoded(image.encoded, max_pixels)
     if source == "raw":
         raw = image.raw
-        fmt = PIXEL_FORMAT_NAMES.get(raw.pixel_format)
-        if fmt is None:
-            raise invalid(
-                f"raw frame pixel_format {pb.PixelFormat.Name(raw.pixel_format)} is not "
-                f"supported; use one of {sorted(PIXEL_FORMAT_NAMES.values())}"
-            )
-        return decode_raw(raw.data, raw.height, raw.width, fmt, max_pixels)
+        return decode_raw(raw.data, raw.height, raw.width, _raw_format(raw), max_pixels)
     raise invalid("image is required: set image.encoded (JPEG/PNG bytes) or image.raw")
 
 
@@ -151,27 +181,33 @@ def build_response(
 
 
 class DetectCore:
-    def __init__(self, registry: ModelRegistry, max_pixels: int, observer: Observer) -> None:
+    def __init__(self, registry: ModelRegistry, max_pixels: int, observer: Observer,
+                 pixels: PixelBudget, decoder: DecodePool) -> None:
         self.registry = registry
         self.max_pixels = max_pixels
         self.observer = observer
+        self.pixels = pixels
+        self.decoder = decoder
 
     async def detect(
         self, request: pb.DetectRequest, deadline: float | None, stream: bool = False,
-        peer: str = "",
+        peer: str = "", held: bool = False,
     ) -> pb.DetectResponse:
-        """Run one request; raises RequestError. `deadline` is in time.monotonic() seconds."""
+        """Run one request; raises RequestError. `deadline` is in time.monotonic() seconds.
+        `held`: a stream frame already holding a shared stream slot (waits, never refused)."""
         arrived = time.perf_counter()
         record = RequestRecord(request.request_id, request.frame_id, request.model,
                                grpc.StatusCode.OK, stream=stream, peer=peer)
         try:
-            response = await self._run(request, deadline, record)
+            response = await self._run(request, deadline, record, held)
         except asyncio.CancelledError:
             record.code, record.message = grpc.StatusCode.CANCELLED, "cancelled by the caller"
             raise
         except Exception as exc:
             error = to_request_error(exc)
             record.code, record.message = error.code, error.message
+            if isinstance(exc, Rejected):
+                record.reject_reason = exc.reason
             raise error from exc
         finally:
             record.total_ms = (time.perf_counter() - arrived) * 1e3
@@ -180,32 +216,67 @@ class DetectCore:
         return response
 
     async def _run(
-        self, request: pb.DetectRequest, deadline: float | None, record: RequestRecord
+        self, request: pb.DetectRequest, deadline: float | None, record: RequestRecord,
+        held: bool,
     ) -> pb.DetectResponse:
         model = self.registry.resolve(request.model)
         record.model, record.model_version = model.key, model.manifest.version
         record.nms = model.manifest.nms
         params = decode_params(request, model)
-        start = time.perf_counter()
-        prepared = await asyncio.to_thread(
-            _prepare, request.image, model.manifest, self.max_pixels
-        )
-        record.preprocess_ms = (time.perf_counter() - start) * 1e3
-        box = prepared.letterbox
-        record.image_width, record.image_height = box.orig_width, box.orig_height
-        outcome = await model.batcher.submit(
-            BatchItem(prepared.tensor, prepared.letterbox, params), deadline
-        )
-        result = outcome.value
+        record.image_width, record.image_height = image_size(request.image, self.max_pixels)
+        model.admission.admit(deadline, held)
+        try:
+            prepared = await self._decode(request, model, deadline, record, held)
+            outcome = await model.batcher.submit(
+                BatchItem(prepared.tensor, prepared.letterbox, params), deadline
+            )
+        finally:
+            model.admission.release()
+        return self._reply(request, model, outcome.value, outcome.batch_size,
+                           outcome.queue_s, record)
+
+    async def _decode(
+        self, request: pb.DetectRequest, model: ServedModel, deadline: float | None,
+        record: RequestRecord, held: bool,
+    ) -> PreparedImage:
+        """Decode and letterbox on the decode pool, inside the pixel budget."""
+        admission: ModelAdmission = model.admission
+        pixels = record.image_width * record.image_height
+        try:
+            if held:
+                await self.pixels.reserve(pixels)
+            else:
+                self.pixels.try_reserve(pixels)
+        except BaseException:
+            admission.decoded()
+            raise
+
+        def finished() -> None:
+            self.pixels.release(pixels)
+            admission.decoded()
+
+        record.decode = outcome = DecodeOutcome()
+        work = functools.partial(_prepare, request.image, model.manifest, self.max_pixels)
+        try:
+            return await self.decoder.run(work, deadline, outcome, finished)
+        finally:
+            record.preprocess_ms = (outcome.waited_s + outcome.decode_s) * 1e3
+            if outcome.decoded:
+                admission.times.observe_decode(outcome.decode_s)
+
+    @staticmethod
+    def _reply(request: pb.DetectRequest, model: ServedModel, result: ItemResult,
+               batch_size: int, queue_s: float, record: RequestRecord) -> pb.DetectResponse:
         response = build_response(request, model, result)
-        response.batch_size = outcome.batch_size
-        response.image_width, response.image_height = box.orig_width, box.orig_height
+        response.batch_size = batch_size
+        response.executed_batch_size = result.executed_batch_size
+        response.image_width, response.image_height = record.image_width, record.image_height
         timing = response.timing
-        timing.queue_ms = outcome.queue_s * 1e3
+        timing.queue_ms = queue_s * 1e3
         timing.preprocess_ms = record.preprocess_ms
         timing.inference_ms = result.inference_s * 1e3
         timing.postprocess_ms = result.postprocess_s * 1e3
-        record.batch_size = outcome.batch_size
+        record.batch_size, record.executed_batch_size = batch_size, result.executed_batch_size
         record.queue_ms, record.inference_ms = timing.queue_ms, timing.inference_ms
         record.postprocess_ms = timing.postprocess_ms
         record.scores = tuple(result.detections.scores.tolist())

@@ -66,6 +66,8 @@ class RequestRecord:
     frame_id: int | None = None
     model_version: str | None = None
     batch_size: int | None = None  # None when the request failed before it was batched
+    executed_batch_size: int | None = None  # batch_size plus the engine's padding
+    rejected: str | None = None  # the admission bound that refused it (admission.REASONS)
     queue_ms: float | None = None
     preprocess_ms: float | None = None
     inference_ms: float | None = None
@@ -89,6 +91,9 @@ class RequestRecord:
             "model_version": self.model_version,
             "status": self.status,
             "batch_size": None if self.batch_size is None else int(self.batch_size),
+            "executed_batch_size": (None if self.executed_batch_size is None
+                                    else int(self.executed_batch_size)),
+            "rejected": self.rejected,
             "queue_ms": _ms(self.queue_ms),
             "preprocess_ms": _ms(self.preprocess_ms),
             "inference_ms": _ms(self.inference_ms),

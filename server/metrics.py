@@ -25,6 +25,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from detserve.server.decode_pool import DecodeOutcome
+
 # Seconds, spaced for a CPU/GPU detector: sub-millisecond queueing up to multi-second overloads.
 LATENCY_BUCKETS_S = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
@@ -92,6 +94,41 @@ class ServerMetrics:
             "Engine batch size each request ran in (one observation per request).",
             ["model"], buckets=BATCH_SIZE_BUCKETS, registry=reg,
         )  # fmt: skip
+        self.executed_batch_size = Histogram(
+            "detserve_executed_batch_size",
+            "Images the engine computed for the batch each request ran in: detserve_batch_size "
+            "plus padding to the engine's compiled sizes (one observation per request).",
+            ["model"], buckets=BATCH_SIZE_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "detserve_rejected",
+            "Requests refused on arrival, before any decode, by the admission bound they hit "
+            "(queue_full, queue_wait, deadline, pixel_budget).",
+            ["model", "reason"], registry=reg,
+        )  # fmt: skip
+        self.decodes = Counter(
+            "detserve_decodes", "Images decoded and letterboxed.", ["model"], registry=reg,
+        )  # fmt: skip
+        self.expired_before_decode = Counter(
+            "detserve_expired_before_decode",
+            "Requests whose deadline passed while they waited for a decode thread; not decoded.",
+            ["model"], registry=reg,
+        )  # fmt: skip
+        self.decoded_after_deadline = Counter(
+            "detserve_decoded_after_deadline",
+            "Decodes that finished after the caller's deadline (wasted work).",
+            ["model"], registry=reg,
+        )  # fmt: skip
+        self.requests_in_server = Gauge(
+            "detserve_requests_in_server",
+            "Admitted requests not yet answered (decode, queue and engine run together).",
+            ["model"], registry=reg,
+        )  # fmt: skip
+        self.expected_queue_wait = Gauge(
+            "detserve_expected_queue_wait_seconds",
+            "Admission's estimate of the wait a request arriving now would have.",
+            ["model"], registry=reg,
+        )  # fmt: skip
         self.detections = Histogram(
             "detserve_detections_per_frame",
             "Detections returned per frame.",
@@ -136,6 +173,7 @@ class ServerMetrics:
         queue_s: float,
         compute_s: float,
         batch_size: int,
+        executed_batch_size: int,
         n_detections: int,
         max_score: float | None,
         width: int,
@@ -147,6 +185,9 @@ class ServerMetrics:
             _check_seconds(name, value)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if executed_batch_size < batch_size:
+            raise ValueError(f"executed_batch_size {executed_batch_size!r} is below the batch "
+                             f"size {batch_size!r}")
         if n_detections < 0:
             raise ValueError(f"n_detections must be >= 0, got {n_detections!r}")
         if width < 1 or height < 1:
@@ -156,6 +197,7 @@ class ServerMetrics:
         self.queue_time.labels(model).observe(queue_s)
         self.compute_time.labels(model).observe(compute_s)
         self.batch_size.labels(model).observe(batch_size)
+        self.executed_batch_size.labels(model).observe(executed_batch_size)
         self.detections.labels(model).observe(n_detections)
         if n_detections > 0 and max_score is not None:
             self.max_score.labels(model).observe(max_score)
@@ -165,6 +207,18 @@ class ServerMetrics:
     def observe_error(self, model: str, code: str) -> None:
         """Count a request that ended with a non-OK status (code like "INVALID_ARGUMENT")."""
         self.requests.labels(model, code).inc()
+
+    def observe_decode(self, model: str, outcome: DecodeOutcome) -> None:
+        if outcome.decoded:
+            self.decodes.labels(model).inc()
+        if outcome.after_deadline:
+            self.decoded_after_deadline.labels(model).inc()
+        if outcome.skipped_expired:
+            self.expired_before_decode.labels(model).inc()
+
+    def set_admission(self, model: str, held: int, expected_wait_s: float) -> None:
+        self.requests_in_server.labels(model).set(held)
+        self.expected_queue_wait.labels(model).set(expected_wait_s)
 
     def set_queue_depth(self, model: str, n: int) -> None:
         if n < 0:

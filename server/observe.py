@@ -24,8 +24,10 @@ def log_record(rec: RequestRecord) -> logs.RequestRecord:
         frame_id=rec.frame_id,
         model_version=rec.model_version or None,
         batch_size=rec.batch_size if batched else None,
+        executed_batch_size=rec.executed_batch_size if batched else None,
+        rejected=rec.reject_reason or None,
         queue_ms=rec.queue_ms if batched else None,
-        preprocess_ms=rec.preprocess_ms if rec.image_width else None,
+        preprocess_ms=rec.preprocess_ms if rec.decode is not None else None,
         inference_ms=rec.inference_ms if batched else None,
         postprocess_ms=rec.postprocess_ms if batched else None,
         total_ms=rec.total_ms,
@@ -60,6 +62,12 @@ class RequestObserver:
         label = rec.model if served is not None else UNKNOWN_MODEL
         if served is not None:
             self.metrics.set_queue_depth(label, served.batcher.queue_depth())
+            self.metrics.set_admission(label, served.admission.held,
+                                       served.admission.expected_wait_s())
+        if rec.reject_reason:
+            self.metrics.rejected.labels(label, rec.reject_reason).inc()
+        if rec.decode is not None:
+            self.metrics.observe_decode(label, rec.decode)
         if rec.code.name != "OK":
             self.metrics.observe_error(label, rec.code.name)
             return
@@ -70,6 +78,7 @@ class RequestObserver:
             queue_s=rec.queue_ms / 1e3,
             compute_s=rec.inference_ms / 1e3,
             batch_size=rec.batch_size,
+            executed_batch_size=rec.executed_batch_size,
             n_detections=rec.detections,
             max_score=rec.max_score if rec.detections else None,
             width=rec.image_width,

@@ -22,9 +22,11 @@ import numpy as np
 import numpy.typing as npt
 
 from detserve.engines.base import DecodeParams, Engine, Letterbox
+from detserve.engines.batch_plan import executed_batch_size
 from detserve.engines.decode import decode_batch
 from detserve.engines.detections import Detections
 from detserve.engines.manifest import Manifest, ManifestError, ModelPackage, load_package
+from detserve.server.admission import ModelAdmission, ServiceTimes
 from detserve.server.batcher import Batcher, BatchingConfig
 from detserve.server.config import ConfigError, ModelConfig, ServerConfig
 from detserve.server.errors import RequestError
@@ -52,6 +54,7 @@ class ItemResult:
     detections: Detections
     inference_s: float  # engine run of the whole batch
     postprocess_s: float  # output decoding of the whole batch
+    executed_batch_size: int  # images the engine computed for the batch: formed size + padding
 
 
 class EnginePool:
@@ -106,8 +109,10 @@ def run_on_engine(engine: Engine, items: list[BatchItem]) -> list[ItemResult | E
         decoded = _decode_each(outputs, manifest, items)
     post_s = time.perf_counter() - inferred
     infer_s = inferred - start
+    executed = executed_batch_size(engine, len(items))
     return [
-        d if isinstance(d, Exception) else ItemResult(d, infer_s, post_s) for d in decoded
+        d if isinstance(d, Exception) else ItemResult(d, infer_s, post_s, executed)
+        for d in decoded
     ]
 
 
@@ -121,6 +126,7 @@ class ServedModel:
     engine_kind: str
     pool: EnginePool
     batcher: Batcher[BatchItem, ItemResult]
+    admission: ModelAdmission
     is_default: bool = False
 
 
@@ -212,7 +218,7 @@ class ModelRegistry:
         try:
             for index, cfg in enumerate(config.models):
                 engines = await asyncio.to_thread(_load, index, cfg, factory)
-                model = _served(cfg, engines)
+                model = _served(cfg, engines, config)
                 served.append(model)
                 if sum(m.key == model.key for m in served) > 1:
                     raise ConfigError(
@@ -245,12 +251,26 @@ class ModelRegistry:
         await _stop_all(list(self.models.values()), drain)
 
 
-def _served(cfg: ModelConfig, engines: list[Engine]) -> ServedModel:
+def _served(cfg: ModelConfig, engines: list[Engine], server: ServerConfig) -> ServedModel:
     manifest = engines[0].manifest
     name = cfg.name or manifest.name
     variant = cfg.variant or _variant_of(manifest)
     pool = EnginePool(engines)
     key = f"{name}@{variant}"
+    b = cfg.batching
+    times = ServiceTimes(b.max_batch_size)
+
+    def run_batch(items: list[BatchItem]) -> list[ItemResult | Exception]:
+        start = time.perf_counter()
+        try:
+            return pool.run_batch(items)
+        finally:  # the time bound of admission estimates waits from these
+            times.observe_batch(len(items), time.perf_counter() - start)
+
+    # Stream frames are bounded by the shared stream slots, not by max_queue_size.
+    queue_limit = b.max_queue_size + server.stream_max_frames_held
+    batcher = Batcher(run_batch, b, name=key, queue_limit=queue_limit)
+    admission = ModelAdmission(key, b, server.decode_thread_count, batcher, times)
     return ServedModel(
         key=key,
         name=name,
@@ -259,7 +279,8 @@ def _served(cfg: ModelConfig, engines: list[Engine]) -> ServedModel:
         manifest=manifest,
         engine_kind=engines[0].kind,
         pool=pool,
-        batcher=Batcher(pool.run_batch, cfg.batching, name=key),
+        batcher=batcher,
+        admission=admission,
         is_default=cfg.default,
     )
 

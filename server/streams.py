@@ -10,6 +10,11 @@ Two policies, chosen per stream by the call metadata `detserve-stream-policy: bl
   one (a live camera wants the freshest frame, not a growing queue). Each reply's
   `dropped_frames` counts the frames dropped since the previous reply.
 
+Either way a frame takes one of the server's shared stream slots (stream_slots.py) before it is
+read (`block`) or processed (`latest`), so the frames held across all streams stay bounded: with
+none free a `block` stream stops reading and a `latest` stream keeps replacing its pending frame.
+A frame holding a slot is never refused for a full queue; it waits.
+
 A bad frame gets a non-OK `status` in its reply; the stream goes on.
 """
 
@@ -26,6 +31,7 @@ from google.rpc import status_pb2
 from detserve.protos import detection_pb2 as pb
 from detserve.server.detect import DetectCore, deadline_from
 from detserve.server.errors import RequestError, invalid, status_code_number
+from detserve.server.stream_slots import StreamSlots
 
 POLICY_KEY = "detserve-stream-policy"
 POLICIES = ("block", "latest")
@@ -43,6 +49,8 @@ class StreamSettings:
     on_drop: Callable[[str], None] = field(default=_ignore_drop)
     # Set when the server drains: streams stop reading, answer what they hold, and end.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Frames held across all streams (stream_max_frames_held).
+    slots: StreamSlots = field(default_factory=lambda: StreamSlots(256))
 
 
 async def next_frame(
@@ -78,7 +86,7 @@ async def _answer(
     core: DetectCore, request: pb.DetectRequest, deadline: float | None, peer: str
 ) -> pb.DetectResponse:
     try:
-        response = await core.detect(request, deadline, stream=True, peer=peer)
+        response = await core.detect(request, deadline, stream=True, peer=peer, held=True)
         response.status.CopyFrom(status_pb2.Status(code=0))
     except RequestError as exc:
         response = pb.DetectResponse(
@@ -103,10 +111,16 @@ async def _block(
         try:
             while True:
                 await slots.acquire()  # no free slot: stop reading (backpressure)
+                await settings.slots.acquire()
                 request = await next_frame(requests, settings.stopping)
                 if request is None:
+                    settings.slots.release()
                     return
-                order.put_nowait(asyncio.create_task(_answer(core, request, deadline, peer)))
+                task = asyncio.create_task(_answer(core, request, deadline, peer))
+                # The shared slot is free once the frame is processed, not when the client
+                # has read its reply: a slow reader is held back by its own slots only.
+                task.add_done_callback(lambda _: settings.slots.release())
+                order.put_nowait(task)
         except Exception as exc:
             failure.append(exc)
         finally:
@@ -161,15 +175,20 @@ async def _latest(
     reading = asyncio.create_task(reader())
     try:
         while True:
-            request = state.pending
-            if request is None:
+            if state.pending is None:
                 if state.done:
                     break
                 state.wake.clear()
                 await state.wake.wait()
                 continue
-            state.pending = None
-            response = await _answer(core, request, deadline, peer)
+            await settings.slots.acquire()  # frames keep replacing the pending one meanwhile
+            try:
+                request, state.pending = state.pending, None
+                if request is None:  # only this loop clears it; kept for the type checker
+                    continue
+                response = await _answer(core, request, deadline, peer)
+            finally:
+                settings.slots.release()
             response.dropped_frames, state.dropped = state.dropped, 0
             yield response
         if failure:

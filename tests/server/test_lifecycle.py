@@ -97,7 +97,7 @@ async def test_full_queue_is_resource_exhausted_at_once(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await run.stub.Detect(request_for(GOOD, frame_id=3), timeout=WAIT_S / 2)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "queue is full (1 requests waiting)" in (err.value.details() or "")
+    assert "has 1 requests waiting, its batching.max_queue_size" in (err.value.details() or "")
     run.engines.first.gate.set()
     assert [(await t).frame_id for t in (first, second)] == [1, 2]
     assert boxes_of(await run.stub.Detect(request_for(GOOD))) == GOOD_BOXES

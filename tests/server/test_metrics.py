@@ -29,7 +29,7 @@ def value(metrics: ServerMetrics, name: str, **labels: str) -> float:
 def observe(metrics: ServerMetrics, **overrides: Any) -> None:
     fields: dict[str, Any] = {
         "code": "OK", "latency_s": 0.012, "queue_s": 0.0015, "compute_s": 0.008,
-        "batch_size": 4, "n_detections": 3, "max_score": 0.93, "width": 640, "height": 480,
+        "batch_size": 4, "executed_batch_size": 8, "n_detections": 3, "max_score": 0.93, "width": 640, "height": 480,
     }  # fmt: skip
     fields.update(overrides)
     metrics.observe_request("shapes@320", **fields)
@@ -50,6 +50,8 @@ def test_request_fills_every_histogram_in_the_right_bucket() -> None:
     assert value(m, "detserve_compute_seconds_bucket", model=model, le="0.005") == 0
     assert value(m, "detserve_batch_size_bucket", model=model, le="3.0") == 0
     assert value(m, "detserve_batch_size_bucket", model=model, le="4.0") == 1
+    assert value(m, "detserve_executed_batch_size_bucket", model=model, le="6.0") == 0
+    assert value(m, "detserve_executed_batch_size_bucket", model=model, le="8.0") == 1
     assert value(m, "detserve_detections_per_frame_sum", model=model) == 3
     assert value(m, "detserve_max_score_per_frame_bucket", model=model, le="0.9") == 0
     assert value(m, "detserve_max_score_per_frame_bucket", model=model, le="0.95") == 1
@@ -106,6 +108,7 @@ def test_max_side_tier(size: tuple[int, int], tier: str) -> None:
         ({"latency_s": -0.5}, "latency_s must be a finite number of seconds >= 0, got -0.5"),
         ({"queue_s": float("inf")}, "queue_s must be a finite number of seconds >= 0, got inf"),
         ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"executed_batch_size": 3}, "executed_batch_size 3 is below the batch size 4"),
         ({"n_detections": -1}, "n_detections must be >= 0, got -1"),
         ({"width": 0}, "image size must be positive, got 0x480"),
     ],

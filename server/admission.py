@@ -1,0 +1,225 @@
+"""Admission: every bound a request must pass is checked when it arrives, before decode.
+
+Triton decides queue policy on arrival; so does detserve (issue 12). Without this, every call
+was decoded on an unbounded thread-pool queue before the batcher's bound was seen, and under
+3x overload rejections took seconds, memory grew by gigabytes and goodput fell to a third.
+
+Per model (`ModelAdmission`):
+- `max_queue_size` bounds the requests waiting in the server: admitted and not yet in an engine,
+  so the decode stage counts as well as the batcher queue.
+- `max_queue_wait_s` bounds the expected wait: the running batch if every engine is busy, then
+  one measured batch time per full round of waiting requests, plus the decode backlog. A request
+  whose expected wait plus one batch run exceeds its remaining deadline is refused with
+  DEADLINE_EXCEEDED at once, since it could only be answered late.
+
+Server-wide (`PixelBudget`): decoded pixels in flight, reserved from the header before any pixel
+is decoded, so a few small files that declare 40 Mpx each cannot multiply memory.
+
+Stream frames (`held=True`) are already bounded by the streams' shared frame slots
+(stream_slots.py); they wait for the pixel budget and skip the count and wait bounds, so a
+camera sees backpressure rather than per-frame RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+
+from detserve.server.batcher import BatchingConfig
+from detserve.server.errors import RequestError
+
+EWMA_WEIGHT = 0.2  # weight of the newest sample: follows a change within ~10 batches
+REASONS = ("queue_full", "queue_wait", "deadline", "pixel_budget")
+
+
+class Rejected(RequestError):
+    """Refused on arrival; `reason` (one of REASONS) labels the rejection metric."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(code, message)
+        self.reason = reason
+
+
+def _ewma(old: float | None, sample: float) -> float:
+    return sample if old is None else old + EWMA_WEIGHT * (sample - old)
+
+
+@dataclass
+class ServiceTimes:
+    """Measured batch run times per formed batch size, and decode time per image.
+
+    Batches are observed from engine threads while the event loop reads: the lock keeps a
+    reader from iterating the dict while a new size is added."""
+
+    max_batch_size: int
+    batch_s: dict[int, float] = field(default_factory=dict)
+    decode_s: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def observe_batch(self, size: int, run_s: float) -> None:
+        if size >= 1 and math.isfinite(run_s) and run_s >= 0:
+            with self._lock:
+                self.batch_s[size] = _ewma(self.batch_s.get(size), run_s)
+
+    def observe_decode(self, seconds: float) -> None:
+        if math.isfinite(seconds) and seconds >= 0:
+            self.decode_s = _ewma(self.decode_s, seconds)
+
+    def full_batch_s(self) -> float | None:
+        """Expected run time of a full batch: measured, or scaled up linearly from the largest
+        batch seen (an upper bound: batching is sublinear); None before the first batch."""
+        top = self.max_batch_size
+        with self._lock:
+            if top in self.batch_s:
+                return self.batch_s[top]
+            if not self.batch_s:
+                return None
+            size = max(self.batch_s)
+            return self.batch_s[size] * top / size
+
+
+class EngineLoad(Protocol):
+    """What the batcher reports of its engines (server/batcher.py)."""
+
+    @property
+    def running_batches(self) -> int: ...
+
+    @property
+    def running_items(self) -> int: ...
+
+
+class ModelAdmission:
+    """The per-model bounds; one per served model."""
+
+    def __init__(self, key: str, batching: BatchingConfig, decode_threads: int,
+                 load: EngineLoad, times: ServiceTimes) -> None:
+        self.key = key
+        self.max_queue_size = batching.max_queue_size
+        self.max_queue_wait_s = batching.max_queue_wait_s
+        self.instances = batching.instances
+        self.slots_per_round = batching.max_batch_size * batching.instances
+        self.decode_threads = decode_threads
+        self.load = load
+        self.times = times
+        self.held = 0  # admitted requests not yet answered
+        self.decoding = 0  # of those, waiting for or in decode
+
+    @property
+    def waiting(self) -> int:
+        """Admitted requests not yet in an engine (decode and batcher queue)."""
+        return self.held - self.load.running_items
+
+    def expected_wait_s(self) -> float:
+        """Expected time before a request arriving now starts its engine run."""
+        batch_s = self.times.full_batch_s() or 0.0
+        busy = self.load.running_batches >= self.instances
+        rounds = int(busy) + self.waiting // self.slots_per_round
+        decode_s = (self.times.decode_s or 0.0) * self.decoding / self.decode_threads
+        return rounds * batch_s + decode_s
+
+    def admit(self, deadline: float | None, held: bool = False) -> None:
+        """Count the request in, or raise Rejected naming the bound it hit."""
+        if not held:
+            self._check_bounds()
+        if deadline is not None:
+            self._check_deadline(deadline)
+        self.held += 1
+        self.decoding += 1
+
+    def _check_bounds(self) -> None:
+        if self.waiting >= self.max_queue_size:
+            raise Rejected(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full",
+                f"server busy: model {self.key} has {self.waiting} requests waiting, its "
+                f"batching.max_queue_size; retry with backoff",
+            )
+        limit = self.max_queue_wait_s
+        if limit is not None:
+            wait_s = self.expected_wait_s()
+            if wait_s > limit:
+                raise Rejected(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_wait",
+                    f"server busy: model {self.key} expects a {wait_s * 1e3:.0f} ms wait "
+                    f"({self.waiting} requests waiting), above batching.max_queue_wait_ms "
+                    f"{limit * 1e3:g}; retry with backoff",
+                )
+
+    def _check_deadline(self, deadline: float) -> None:
+        remaining_s = deadline - time.monotonic()
+        needed_s = self.expected_wait_s() + (self.times.full_batch_s() or 0.0)
+        if needed_s > remaining_s:
+            raise Rejected(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline",
+                f"deadline cannot be met: {max(remaining_s, 0) * 1e3:.0f} ms left, model "
+                f"{self.key} expects {needed_s * 1e3:.0f} ms to answer ({self.waiting} requests "
+                f"waiting); refused before any work",
+            )
+
+    def decoded(self) -> None:
+        """The request left the decode stage (decoded, skipped or failed)."""
+        self.decoding -= 1
+
+    def release(self) -> None:
+        """The request is answered (or failed) and no longer held."""
+        self.held -= 1
+
+
+class PixelBudget:
+    """Decoded pixels in flight across the server, reserved from image headers."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"pixel budget must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.in_use = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def try_reserve(self, pixels: int) -> None:
+        """Reserve at once or raise Rejected (unary calls: refuse rather than queue)."""
+        if self._waiters or self.in_use + pixels > self.capacity:
+            raise Rejected(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "pixel_budget",
+                f"server busy: {self.in_use} decoded pixels in flight; this image's {pixels} "
+                f"would pass max_pixels_in_flight {self.capacity}; retry with backoff",
+            )
+        self.in_use += pixels
+
+    async def reserve(self, pixels: int) -> None:
+        """Wait in arrival order until `pixels` fit (stream frames: backpressure)."""
+        if not self._waiters and self.in_use + pixels <= self.capacity:
+            self.in_use += pixels
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((pixels, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(pixels)  # granted just as the caller went away
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove((pixels, waiter))
+                self._grant()  # a smaller request behind it may fit now
+            raise
+
+    def release(self, pixels: int) -> None:
+        self.in_use -= pixels
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters:
+            pixels, waiter = self._waiters[0]
+            if self.in_use + pixels > self.capacity:
+                return
+            self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += pixels
+                waiter.set_result(None)
