@@ -112,6 +112,12 @@ def test_cli_model_flag() -> None:
     ("models:\n  - {package: p, name: a@b}\n", {}, ("'models[0].name'", "'a@b'")),
     ("models:\n  - package: 'builtin:../etc'\n", {}, ("'models[0].package'", "builtin:../etc")),
     ("port: [1\n", {}, ("not valid YAML",)),
+    ("models:\n  - package: p\n    batching: {max_queue_wait_ms: -5}\n", {},
+     ("'models[0].batching.max_queue_wait_ms'", "-5")),
+    ("max_pixels_in_flight: 1000\n" + MODEL, {}, ("'max_pixels_in_flight' (1000)", "max_pixels")),
+    ("decode_threads: 0\n" + MODEL, {}, ("'decode_threads'", "0")),
+    (MODEL, {"DETSERVE_STREAM_MAX_FRAMES_HELD": "0"}, ("'stream_max_frames_held'", "0")),
+    ("max_concurrent_rpcs: none\n" + MODEL, {}, ("'max_concurrent_rpcs'", "'none'")),
 ])
 def test_errors_name_field_and_value(
     tmp_path: Path, text: str, env: dict[str, str], words: tuple[str, ...]
@@ -120,6 +126,27 @@ def test_errors_name_field_and_value(
         load_config(write(tmp_path, text), env=env)
     for word in words:
         assert word in str(err.value), f"{word!r} not in {err.value}"
+
+
+def test_admission_fields_parse_with_units_and_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+decode_threads: 3
+max_pixels_in_flight: 90000000
+stream_max_frames_held: 64
+max_concurrent_rpcs: 300
+models:
+  - package: pkg
+    batching: {max_queue_wait_ms: 150}
+  - package: pkg2
+    batching: {max_queue_wait_ms: 0}
+""")
+    config = load_config(path)
+    assert (config.decode_threads, config.decode_thread_count) == (3, 3)
+    assert (config.max_pixels_in_flight, config.stream_max_frames_held,
+            config.max_concurrent_rpcs) == (90_000_000, 64, 300)
+    assert [m.batching.max_queue_wait_s for m in config.models] == [0.15, None]  # 0 = no bound
+    auto = load_config(write(tmp_path, MODEL), env={"DETSERVE_DECODE_THREADS": "auto"})
+    assert auto.decode_threads is None and auto.decode_thread_count >= 1
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ def value(metrics: ServerMetrics, name: str, **labels: str) -> float:
 def observe(metrics: ServerMetrics, **overrides: Any) -> None:
     fields: dict[str, Any] = {
         "code": "OK", "latency_s": 0.012, "queue_s": 0.0015, "compute_s": 0.008,
-        "batch_size": 4, "executed_batch_size": 8, "n_detections": 3, "max_score": 0.93, "width": 640, "height": 480,
+        "batch_size": 4, "executed_batch_size": 8, "n_detections": 3, "max_score": 0.93,
+        "width": 640, "height": 480,
     }  # fmt: skip
     fields.update(overrides)
     metrics.observe_request("shapes@320", **fields)
