@@ -82,6 +82,12 @@ def _options(args: argparse.Namespace, pixel_format: str = "RGB8") -> DetectOpti
     )
 
 
+def _padding(result: DetectResult) -> str:
+    """", run as 8" when the engine ran the batch padded to compiled sizes."""
+    ran = result.executed_batch_size
+    return f", run as {ran}" if ran > result.batch_size else ""
+
+
 def format_result(result: DetectResult, name: str) -> str:
     """Human-readable lines for one image or frame."""
     if result.error is not None:
@@ -90,8 +96,8 @@ def format_result(result: DetectResult, name: str) -> str:
     head = (
         f"{name}: {len(result.detections)} objects, {result.latency_ms:.1f} ms round trip "
         f"(server: queue {t.queue_ms:.1f} + pre {t.preprocess_ms:.1f} + infer "
-        f"{t.inference_ms:.1f} + post {t.postprocess_ms:.1f} ms; batch {result.batch_size}; "
-        f"{result.model})"
+        f"{t.inference_ms:.1f} + post {t.postprocess_ms:.1f} ms; batch {result.batch_size}"
+        f"{_padding(result)}; {result.model})"
     )
     lines = [head]
     for d in result.detections:
@@ -166,8 +172,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{mark} {m.name:<20} v{m.version:<8} {m.input_width}x{m.input_height} "
               f"{m.precision:<5} {m.engine:<12} nms={m.nms or '?'}"
               f"{' multi-label' if m.multi_label else ''} classes={len(m.classes)} "
-              f"max_batch={m.batching.max_batch_size}")
+              f"max_batch={m.batching.max_batch_size}"
+              f"{_wait_bound(m.batching.max_queue_wait_ms)}")
     return 0
+
+
+def _wait_bound(ms: float) -> str:
+    return f" max_queue_wait={ms:g}ms" if ms else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

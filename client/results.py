@@ -99,6 +99,7 @@ class DetectResult:
     nms: str = ""
     dropped_frames: int = 0
     error: DetectError | None = None
+    executed_batch_size: int = 0  # batch_size plus the engine's padding (0: not reported)
 
     @property
     def ok(self) -> bool:
@@ -111,6 +112,7 @@ class DetectResult:
             "latency_ms": round(self.latency_ms, 3),
             "server_timing_ms": self.timing.to_json(),
             "batch_size": self.batch_size,
+            "executed_batch_size": self.executed_batch_size,
             "model": self.model,
             "model_version": self.model_version,
             "request_id": self.request_id,
@@ -167,6 +169,7 @@ def result_from_proto(msg: pb.DetectResponse, latency_ms: float) -> DetectResult
         nms=msg.nms,
         dropped_frames=int(msg.dropped_frames),
         error=error,
+        executed_batch_size=int(msg.executed_batch_size),
     )
 
 
@@ -177,6 +180,7 @@ class BatchingInfo:
     preferred_batch_sizes: tuple[int, ...]
     max_queue_size: int
     instances: int
+    max_queue_wait_ms: float = 0.0  # admission's bound on the expected wait; 0 = none
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,7 @@ class ModelInfo:
                 "preferred_batch_sizes": list(self.batching.preferred_batch_sizes),
                 "max_queue_size": self.batching.max_queue_size,
                 "instances": self.batching.instances,
+                "max_queue_wait_ms": self.batching.max_queue_wait_ms,
             },
             "is_default": self.is_default,
             "nms": self.nms,
@@ -246,6 +251,7 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
             preferred_batch_sizes=tuple(int(s) for s in b.preferred_batch_sizes),
             max_queue_size=int(b.max_queue_size),
             instances=int(b.instances),
+            max_queue_wait_ms=float(b.max_queue_wait_ms),
         ),
         is_default=bool(msg.is_default),
         nms=msg.nms,

@@ -57,6 +57,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
             preferred_batch_sizes=list(batching.preferred_batch_sizes),
             max_queue_size=batching.max_queue_size,
             instances=batching.instances,
+            max_queue_wait_ms=(batching.max_queue_wait_s or 0.0) * 1e3,
         ),
         is_default=model.is_default,
         nms=m.nms,

@@ -104,7 +104,8 @@ class ThreadedServer:
 
 
 def config_for(package: Path, **batching: Any) -> ServerConfig:
-    settings: dict[str, Any] = {"max_batch_size": 4, "max_queue_delay_s": 0.002, **batching}
+    settings: dict[str, Any] = {"max_batch_size": 4, "max_queue_delay_s": 0.002,
+                                "max_queue_wait_s": 5.0, **batching}
     model = ModelConfig(package=package, batching=BatchingConfig(**settings))
     return ServerConfig(host="127.0.0.1", port=0, metrics_port=None, log_requests=False,
                         models=(model,))

@@ -39,6 +39,7 @@ def test_sync_detect_from_path_bytes_and_array(server: ThreadedServer, tmp_path:
     for result in (from_path, from_bytes, from_array, from_bgr):
         assert _boxes(result) == want
         assert result.model == "blocks@64" and result.batch_size >= 1
+        assert result.executed_batch_size == result.batch_size  # ONNX Runtime never pads
         assert result.latency_ms > 0 and result.timing.inference_ms > 0
     assert (from_path.request_id, from_path.frame_id) == ("p", 3)
     assert [d.class_id for d in from_path.detections] == [RED, BLUE]
@@ -95,6 +96,7 @@ def test_models_listing(server: ThreadedServer) -> None:
     assert info.classes == ("red", "green", "blue")
     assert (info.input_width, info.input_height) == (64, 64)
     assert info.batching.max_batch_size == 4 and info.is_default
+    assert info.batching.max_queue_wait_ms == 5000.0
 
 
 async def test_async_client(server: ThreadedServer) -> None:
@@ -145,6 +147,9 @@ def test_cli_models(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) 
     out = json.loads(capsys.readouterr().out)
     assert out["default_model"] == "blocks@64"
     assert out["models"][0]["classes"] == ["red", "green", "blue"]
+    assert out["models"][0]["batching"]["max_queue_wait_ms"] == 5000.0
+    assert client_main(["models", "--target", server.target]) == 0
+    assert "max_batch=4 max_queue_wait=5000ms" in capsys.readouterr().out
 
 
 def test_cli_stream_synthetic(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
