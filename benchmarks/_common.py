@@ -1,5 +1,10 @@
 """Shared plumbing of the benchmark scripts: arguments, a server subprocess per setting, inputs,
-and writing results.json / results.csv / report.md into the output folder."""
+and writing results.json / results.csv / report.md into the output folder.
+
+Every script measures the served default configuration (server/default.yaml's default model:
+package, engine, engine options, batching, and the server-wide serving fields) unless flags
+override parts of it; see detserve.client.bench.served.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,28 @@ from typing import Any
 from detserve.client.bench.inputs import InputSpec, build_requests, load_inputs
 from detserve.client.bench.report import write_report
 from detserve.client.bench.resultsdoc import new_document, write_csv, write_json
+from detserve.client.bench.served import (
+    ServedDefault,
+    load_served_default,
+    override_batching,
+    parse_engine_options,
+    with_overrides,
+)
 from detserve.client.bench.server_proc import BatchSetting, ServerProcess, free_port, server_config
 from detserve.client.bench.sweep import resolve_package
 from detserve.protos import detection_pb2 as pb
-
-DEFAULT_PACKAGE = "builtin:shapes_320"
 
 
 def base_parser(description: str, default_out: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--package", default=DEFAULT_PACKAGE, help="model package (or builtin:<dir>)")
-    p.add_argument("--engine", default="onnxruntime", help="engine kind")
+    p.add_argument("--package", default=None,
+                   help="model package (or builtin:<dir>); default: the served default's")
+    p.add_argument("--engine", default=None,
+                   help="engine kind; default: the served default's (another kind drops its "
+                        "engine options unless --engine-options is given)")
+    p.add_argument("--engine-options", default=None,
+                   help="engine options as a JSON object; default: the served default's")
     p.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
     p.add_argument("--warmup-s", type=float, default=2.0, help="warm-up per load level")
     p.add_argument("--duration-s", type=float, default=15.0, help="measurement per load level")
@@ -35,8 +50,39 @@ def base_parser(description: str, default_out: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_batching_flags(p: argparse.ArgumentParser, batch_flag: str = "--max-batch-size") -> None:
+    """Batching flags whose default (None) keeps the served default's value."""
+    g = p.add_argument_group("batching (default: the served default's)")
+    g.add_argument(batch_flag, dest="max_batch_size", type=int, default=None)
+    g.add_argument("--delay-ms", type=float, default=None, help="max_queue_delay_ms")
+    g.add_argument("--instances", type=int, default=None)
+    g.add_argument("--max-queue-wait-ms", type=float, default=None,
+                   help="max_queue_wait_ms (emitted only when set here or in the default)")
+
+
+def served(args: argparse.Namespace) -> ServedDefault:
+    """The served default with --package/--engine/--engine-options applied."""
+    return with_overrides(load_served_default(), args.package, args.engine,
+                          parse_engine_options(args.engine_options))
+
+
+def batch_setting(args: argparse.Namespace) -> BatchSetting:
+    """The served default's batching with the script's batching flags applied."""
+    return override_batching(served(args).setting(), args.max_batch_size, args.delay_ms,
+                             args.instances, args.max_queue_wait_ms)
+
+
+def role_of(args: argparse.Namespace, setting: BatchSetting) -> str:
+    """The results role of `setting`: served_default when nothing overrides the default."""
+    untouched = args.package is None and args.engine is None and args.engine_options is None
+    return "served_default" if untouched and setting == served(args).setting() else "sweep"
+
+
 def model_entry(args: argparse.Namespace) -> dict[str, Any]:
-    return {"package": str(resolve_package(args.package, Path.cwd())), "engine": args.engine}
+    """The models[] entry to serve (batching is added per setting), package path resolved."""
+    entry = dict(served(args).model)
+    entry["package"] = str(resolve_package(str(entry["package"]), Path.cwd()))
+    return entry
 
 
 def load_requests(args: argparse.Namespace) -> tuple[InputSpec, list[pb.DetectRequest],
@@ -49,20 +95,31 @@ def load_requests(args: argparse.Namespace) -> tuple[InputSpec, list[pb.DetectRe
 
 def new_doc(args: argparse.Namespace, inputs_json: dict[str, Any],
             extra: dict[str, Any]) -> dict[str, Any]:
-    config = {"script_args": {k: str(v) for k, v in vars(args).items()}, **extra}
+    config = {"script_args": {k: str(v) for k, v in vars(args).items()},
+              "served": served(args).to_json(), **extra}
     return new_document(config, inputs_json)
+
+
+@asynccontextmanager
+async def server_process(model: dict[str, Any], setting: BatchSetting, out_dir: Path, name: str,
+                         server: dict[str, Any] | None = None) -> AsyncIterator[ServerProcess]:
+    """A detserve-server subprocess for `setting`; stopped on exit. `server`: top-level fields
+    (default: the served default's, e.g. stream_policy and admission limits)."""
+    fields = load_served_default().server if server is None else server
+    proc = ServerProcess(server_config(model, setting, free_port(), fields), out_dir, name)
+    await proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @asynccontextmanager
 async def serving(model: dict[str, Any], setting: BatchSetting, out_dir: Path, name: str,
                   server: dict[str, Any] | None = None) -> AsyncIterator[str]:
-    """A detserve-server subprocess for `setting`; yields its target; stops it on exit."""
-    proc = ServerProcess(server_config(model, setting, free_port(), server), out_dir, name)
-    await proc.start()
-    try:
+    """Like server_process, yielding the server's target (host:port)."""
+    async with server_process(model, setting, out_dir, name, server) as proc:
         yield proc.target
-    finally:
-        proc.stop()
 
 
 def save(doc: dict[str, Any], out_dir: Path, slo_ms: float) -> None:

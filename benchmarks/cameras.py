@@ -1,4 +1,5 @@
-"""8 cameras at 15 fps over DetectStream, once under the `latest` policy and once under `block`.
+"""8 cameras at 15 fps over DetectStream, once under the `latest` policy and once under `block`,
+on the served default configuration (batching flags override its batching).
 
     .venv/bin/python benchmarks/cameras.py --out benchmarks/results/cameras
 
@@ -13,22 +14,32 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from _common import base_parser, load_requests, model_entry, new_doc, save, serving
+from _common import (
+    add_batching_flags,
+    base_parser,
+    batch_setting,
+    load_requests,
+    model_entry,
+    new_doc,
+    role_of,
+    save,
+    serving,
+)
 
 from detserve.client.bench.loads import LoadSettings
 from detserve.client.bench.resultsdoc import setting_entry
 from detserve.client.bench.runner import LoadPlan, describe, run_plan
-from detserve.client.bench.server_proc import BatchSetting
 
 POLICIES = ("latest", "block")
 
 
 async def run(args: Any) -> None:
     _, requests, inputs_json, _ = load_requests(args)
-    setting = BatchSetting(args.max_batch_size, args.delay_ms, args.instances)
+    setting = batch_setting(args)
     doc = new_doc(args, inputs_json, {"setting": setting.to_yaml(), "cameras": args.cameras,
                                       "fps": args.fps})
-    async with serving(model_entry(args), setting, args.out, setting.name) as target:
+    model = model_entry(args)
+    async with serving(model, setting, args.out, setting.name) as target:
         for policy in POLICIES:
             settings = LoadSettings(transport="stream", warmup_s=args.warmup_s,
                                     duration_s=args.duration_s, stream_policy=policy)
@@ -39,8 +50,10 @@ async def run(args: Any) -> None:
             print(f"{policy}: {s.ok} frames answered, {s.dropped} dropped, {s.stale} stale "
                   f"(> {1000 / args.fps:.0f} ms), delivered {s.throughput_rps:.1f} fps in total "
                   f"of {args.cameras * args.fps:g} offered", flush=True)
-            doc["settings"].append(setting_entry(f"{args.cameras}cams-{args.fps:g}fps-{policy}",
-                                                 "sweep", setting.to_yaml(), target, levels))
+            name = f"{args.cameras}cams-{args.fps:g}fps-{policy}"
+            doc["settings"].append(setting_entry(name, role_of(args, setting), setting.to_yaml(),
+                                                 target, levels,
+                                                 engine_options=model["engine_options"]))
     save(doc, args.out, args.slo_ms)
 
 
@@ -48,9 +61,7 @@ def main() -> None:
     p = base_parser(__doc__ or "", "benchmarks/results/cameras")
     p.add_argument("--cameras", type=int, default=8)
     p.add_argument("--fps", type=float, default=15.0)
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--delay-ms", type=float, default=2.0, help="max_queue_delay_ms")
-    p.add_argument("--instances", type=int, default=1)
+    add_batching_flags(p)
     p.set_defaults(duration_s=20.0)
     asyncio.run(run(p.parse_args()))
 

@@ -46,16 +46,31 @@ def _timed_loop(fn: Any, duration_s: float, min_iters: int = 3) -> tuple[int, fl
             return n, elapsed
 
 
+def engine_choice(kind: str | None, options: Mapping[str, Any] | None
+                  ) -> tuple[str, Mapping[str, Any]]:
+    """The engine to build: `kind` with `options` (default none), or the served default's."""
+    if kind is not None:
+        return kind, options or {}
+    from detserve.client.bench.served import load_served_default
+
+    served = load_served_default()
+    return served.engine, served.engine_options if options is None else options
+
+
 def raw_engine_baseline(
     package_dir: str | Path,
     images: Sequence[pb.Image],
     batch_sizes: Sequence[int],
     duration_s: float = 5.0,
-    engine_kind: str = "onnxruntime",
+    engine_kind: str | None = None,
     engine_options: Mapping[str, Any] | None = None,
     warmup_batches: int = 2,
 ) -> list[RawResult]:
-    """Images per second of the bare engine at each batch size, on the benchmark's inputs."""
+    """Images per second of the bare engine at each batch size, on the benchmark's inputs.
+
+    `engine_kind` None: the served default's engine, and its engine options unless
+    `engine_options` are given (the package's manifest names the model file it loads, e.g. the
+    OpenVINO IR model.xml of builtin:shapes_320_int8)."""
     import numpy as np
 
     from detserve.engines.base import DecodeParams
@@ -69,6 +84,7 @@ def raw_engine_baseline(
     bad = [b for b in batch_sizes if b < 1]
     if bad:
         raise ValueError(f"batch sizes must be >= 1, got {bad}")
+    engine_kind, engine_options = engine_choice(engine_kind, engine_options)
     package = load_package(package_dir)
     engine = create_engine(package, engine_kind, engine_options)
     manifest = engine.manifest

@@ -6,7 +6,7 @@
     detserve-bench run --mode camera --cameras 8 --fps 15 --transport stream --out cams.json
     detserve-bench sweep --config sweep.yaml --out results/unary
     detserve-bench report results/unary/results.json --slo-ms 100
-    detserve-bench baseline --package models/packages/shapes_320 --batch-sizes 1 4 8
+    detserve-bench baseline --batch-sizes 1 4 8     # the served default's package and engine
 
 Latency in open-loop and camera modes counts from the planned send (or capture) time, so a
 late send is charged to the request (no coordinated omission). Each level runs --warmup-s,
@@ -37,6 +37,7 @@ from detserve.client.bench.resultsdoc import (
 )
 from detserve.client.bench.runner import LoadPlan, describe, run_plan
 from detserve.client.bench.schedule import ARRIVALS
+from detserve.client.bench.served import parse_engine_options
 from detserve.client.results import DetectError
 
 
@@ -49,6 +50,14 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--height", type=int, default=480, help="synthetic height (%(default)s)")
     g.add_argument("--format", choices=FORMATS, default="jpeg",
                    help="synthetic images sent as jpeg, png or raw RGB8 (%(default)s)")
+
+
+def _add_engine(p: argparse.ArgumentParser, kind_flag: str, options_flag: str) -> None:
+    p.add_argument(kind_flag, default=None,
+                   help="raw engine kind (default: the served default's, server/default.yaml)")
+    p.add_argument(options_flag, default=None,
+                   help="raw engine options as a JSON object (default: the served default's "
+                        "when the engine is too, else none)")
 
 
 def _add_run(sub: Any) -> None:
@@ -87,6 +96,7 @@ def _add_run(sub: Any) -> None:
                    help="client CPU (cores) above which a level is flagged 'client saturated'")
     p.add_argument("--raw-package", default=None,
                    help="also measure the raw engine on this model package (same inputs)")
+    _add_engine(p, "--raw-engine", "--raw-engine-options")
     p.add_argument("--raw-batch-sizes", type=int, nargs="+", default=[1, 8],
                    help="raw-engine batch sizes")
     p.add_argument("--raw-duration-s", type=float, default=3.0, help="per raw batch size")
@@ -111,10 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--slo-ms", type=float, default=100.0, help="p99 SLO for the recommendation")
     rp.add_argument("--out", type=Path, default=None, help="folder (default: beside results)")
     bl = sub.add_parser("baseline", help="raw engine only (no server)")
-    bl.add_argument("--package", required=True, help="model package folder")
+    bl.add_argument("--package", default=None,
+                    help="model package folder or builtin:<dir> (default: the served default's)")
     bl.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     bl.add_argument("--duration-s", type=float, default=3.0)
-    bl.add_argument("--engine", default="onnxruntime")
+    _add_engine(bl, "--engine", "--engine-options")
     _add_inputs(bl)
     return parser
 
@@ -160,7 +171,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
         from detserve.client.bench.baseline import raw_engine_baseline
 
         raws = raw_engine_baseline(args.raw_package, inputs.images, args.raw_batch_sizes,
-                                   args.raw_duration_s)
+                                   args.raw_duration_s, args.raw_engine,
+                                   parse_engine_options(args.raw_engine_options))
         doc["raw_engine"] = [r.to_json() for r in raws]
     batching, model_name = await _batching_of(args.target, args.model)
     levels = await run_plan(args.target, requests, plan, show_progress=not args.no_progress,
@@ -198,10 +210,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from detserve.client.bench.baseline import raw_engine_baseline
+    from detserve.client.bench.served import load_served_default
+    from detserve.client.bench.sweep import resolve_package
 
     inputs = load_inputs(_input_spec(args))
-    results = raw_engine_baseline(args.package, inputs.images, args.batch_sizes,
-                                  args.duration_s, args.engine)
+    package = args.package or str(load_served_default().model["package"])
+    results = raw_engine_baseline(resolve_package(package, Path.cwd()), inputs.images,
+                                  args.batch_sizes, args.duration_s, args.engine,
+                                  parse_engine_options(args.engine_options))
     print(json.dumps([r.to_json() for r in results], indent=2))
     return 0
 

@@ -115,6 +115,7 @@ class _Run:
         if r is not None:
             t = r.timing
             rec.frame_id, rec.batch_size = int(r.frame_id), int(r.batch_size)
+            rec.executed_batch_size = int(r.executed_batch_size)
             rec.queue_ms, rec.preprocess_ms = t.queue_ms, t.preprocess_ms
             rec.inference_ms, rec.postprocess_ms = t.inference_ms, t.postprocess_ms
             rec.server_total_ms, rec.dropped_before = t.total_ms, int(r.dropped_frames)

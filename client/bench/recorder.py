@@ -33,7 +33,9 @@ class RequestRecord:
     measured: bool
     stream: int = -1  # stream/camera index; -1 for unary calls
     frame_id: int = 0
-    batch_size: int = 0
+    batch_size: int = 0  # requests in the batch the server formed
+    # Rows the engine ran for that batch (padding included); 0 when the server does not say.
+    executed_batch_size: int = 0
     queue_ms: float = 0.0
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
@@ -147,6 +149,7 @@ class LevelSummary:
     server_ms: dict[str, float]
     batch_sizes: dict[int, int]
     mean_batch_size: float
+    mean_executed_batch_size: float  # nan when no reply reported it
     client: ClientLoad
     client_cpu_cores: float
     send_lag_p99_ms: float
@@ -173,6 +176,11 @@ def _server_means(ok: Sequence[RequestRecord]) -> dict[str, float]:
     if not ok:
         return {n: float("nan") for n in names}
     return {n: sum(getattr(r, n) for r in ok) / len(ok) for n in names}
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return sum(items) / len(items) if items else float("nan")
 
 
 def _window(measured: Sequence[RequestRecord], offered_window_s: float) -> float:
@@ -219,6 +227,8 @@ def summarize(
         server_ms=_server_means(ok),
         batch_sizes=dict(sorted(batches.items())),
         mean_batch_size=sum(r.batch_size for r in ok) / len(ok) if ok else float("nan"),
+        mean_executed_batch_size=_mean(r.executed_batch_size for r in ok
+                                       if r.executed_batch_size > 0),
         client=client,
         client_cpu_cores=client.cpu_cores,
         send_lag_p99_ms=lag_p99,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from detserve.client.bench.recorder import OK, records_from_columns
-from detserve.client.bench.resultsdoc import csv_rows
+from detserve.client.bench.resultsdoc import csv_rows, options_text
 
 PLOTS = ("throughput_vs_p99.png", "latency_cdf.png", "batch_sizes.png", "queue_vs_compute.png")
 
@@ -46,6 +46,7 @@ def _fmt(v: Any) -> str:
 TABLE = (("setting", "setting"), ("level", "level"), ("throughput_rps", "req/s"),
          ("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms"),
          ("latency_p999_ms", "p99.9 ms"), ("batch_size_mean", "mean batch"),
+         ("executed_batch_size_mean", "executed batch"),
          ("server_queue_mean_ms", "queue ms"), ("server_inference_mean_ms", "infer ms"),
          ("errors", "errors"), ("dropped_frames", "dropped"), ("client_cpu_cores", "client CPU"),
          ("client_saturated", "client saturated"))
@@ -103,33 +104,93 @@ def batching_gain(rows: list[dict[str, Any]]) -> str | None:
             f"{b['throughput_rps']:.1f} req/s (p99 {b['latency_p99_ms']:.1f} ms) = **{gain:.2f}**")
 
 
+def settings_table(doc: dict[str, Any]) -> str:
+    """What each setting served: its batching fields and engine options, as given to the
+    server (the names in the tables abbreviate them)."""
+    lines = ["| setting | role | batching | engine options |", "|---|---|---|---|"]
+    for s in doc["settings"]:
+        opts = options_text(s.get("engine_options")) or "(the model's)"
+        lines.append(f"| {s['name']} | {s['role']} | `{options_text(s.get('batching'))}` | "
+                     f"`{opts}` |")
+    return "\n".join(lines)
+
+
+def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row with the highest throughput: error-free rows first, any answered row else."""
+    for pool in ([r for r in rows if r["ok"] and r["errors"] == 0], [r for r in rows if r["ok"]]):
+        if pool:
+            return max(pool, key=lambda r: r["throughput_rps"])
+    return None
+
+
+def default_vs_no_batching(rows: list[dict[str, Any]]) -> list[str]:
+    """Served default ÷ no batching: throughput ratio per load level and at saturation (the
+    highest throughput each reached). Compares the first setting of each role."""
+    served = [r for r in rows if r["role"] == "served_default"]
+    base = [r for r in rows if r["role"] == "no_batching"]
+    if not served or not base:
+        return []
+    mine = [r for r in served if r["setting"] == served[0]["setting"]]
+    ref = {r["level"]: r for r in base if r["setting"] == base[0]["setting"]}
+    name, ref_name = mine[0]["setting"], base[0]["setting"]
+    lines = [f"| level | {name} req/s | {ref_name} req/s | ratio | {name} p99 ms | "
+             f"{ref_name} p99 ms |", "|---|---|---|---|---|---|"]
+    for r in mine:
+        b = ref.get(r["level"])
+        if b is None:
+            continue
+        ratio = r["throughput_rps"] / b["throughput_rps"] if b["throughput_rps"] else float("nan")
+        lines.append(f"| {r['level']:g} | {_fmt(r['throughput_rps'])} | "
+                     f"{_fmt(b['throughput_rps'])} | **{ratio:.2f}** | "
+                     f"{_fmt(r['latency_p99_ms'])} | {_fmt(b['latency_p99_ms'])} |")
+    top, top_ref = _best(mine), _best(list(ref.values()))
+    if top is not None and top_ref is not None:
+        ratio = top["throughput_rps"] / top_ref["throughput_rps"]
+        lines += ["", f"- at saturation (the highest throughput each reached): {name} "
+                  f"{top['throughput_rps']:.1f} req/s (level {top['level']:g}) ÷ {ref_name} "
+                  f"{top_ref['throughput_rps']:.1f} req/s (level {top_ref['level']:g}) = "
+                  f"**{ratio:.2f}**"]
+    return lines
+
+
+def recommendation_line(rec: Recommendation | None, slo_ms: float) -> str:
+    if rec is None:
+        return f"No error-free level met p99 <= {slo_ms:g} ms."
+    return (f"**{rec.setting}** at level {rec.level:g}: {rec.throughput_rps:.1f} req/s with p99 "
+            f"{rec.p99_ms:.1f} ms (SLO {slo_ms:g} ms): the highest throughput in the table "
+            "above whose p99 meets the SLO.")
+
+
+def conclusions(rows: list[dict[str, Any]], slo_ms: float) -> list[str]:
+    """The report's comparisons and recommendation (markdown), also printed by the scripts."""
+    parts: list[str] = []
+    gain = batching_gain(rows)
+    if gain:
+        parts += ["## Dynamic batching ÷ no batching at equal p99", "", f"- {gain}", ""]
+    ratios = default_vs_no_batching(rows)
+    if ratios:
+        parts += ["## Served default ÷ no batching, per load level", "", *ratios, ""]
+    return [*parts, "## Recommendation", "", recommendation_line(recommend(rows, slo_ms), slo_ms)]
+
+
 def write_report(doc: dict[str, Any], out_dir: Path, slo_ms: float) -> Path:
     """Write report.md and the PNG plots into `out_dir`; returns report.md's path."""
     from detserve.client.bench.plots import write_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = csv_rows(doc)
-    rec = recommend(rows, slo_ms)
     write_plots(doc, rows, out_dir, slo_ms)
     parts = [f"# detserve-bench report ({doc.get('created_utc', '')})", "",
              f"Inputs: {doc.get('inputs')}", "", f"Versions: {doc.get('versions')}", "",
-             f"Host: {doc.get('host')}", "", "## Load levels", "", markdown_table(rows), ""]
+             f"Host: {doc.get('host')}", "", "## Settings", "", settings_table(doc), "",
+             "## Load levels", "", markdown_table(rows), ""]
     if doc.get("raw_engine"):
         parts += ["## Raw engine (no server, same inputs)", "", raw_table(doc["raw_engine"]), "",
                   "### Server ÷ raw engine at the same batch size", "",
                   *(server_vs_raw(doc, rows) or ["- (no setting with a matching batch size)"]),
                   ""]
-    gain = batching_gain(rows)
-    if gain:
-        parts += ["## Dynamic batching ÷ no batching at equal p99", "", f"- {gain}", ""]
-    parts += ["## Recommendation", ""]
-    if rec is None:
-        parts.append(f"No error-free level met p99 <= {slo_ms:g} ms.")
-    else:
-        parts.append(f"**{rec.setting}** at level {rec.level:g}: {rec.throughput_rps:.1f} "
-                     f"req/s with p99 {rec.p99_ms:.1f} ms (SLO {slo_ms:g} ms): the highest "
-                     "throughput in the table above whose p99 meets the SLO.")
-    parts += ["", "## Plots", "", *(f"![{p}]({p})" for p in PLOTS), ""]
+    parts += [*conclusions(rows, slo_ms), "", "## Plots", "", *(f"![{p}]({p})" for p in PLOTS),
+              ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(parts))
     return path

@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,14 @@ _PACKAGES = ("detserve", "grpcio", "protobuf", "numpy", "onnxruntime", "opencv-p
              "hdrhistogram", "asyncio-throttle", "openvino")
 
 CSV_COLUMNS = (
-    "setting", "role", "max_batch_size", "max_queue_delay_ms", "instances", "mode", "transport",
-    "level", "concurrency", "offered_rps", "rate_rps", "cameras", "fps", "window_s", "sent",
-    "ok", "errors", "dropped_frames", "stale_frames", "throughput_rps", "latency_p50_ms",
-    "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_p999_ms", "latency_mean_ms",
-    "latency_max_ms", "server_queue_mean_ms", "server_preprocess_mean_ms",
-    "server_inference_mean_ms", "server_postprocess_mean_ms", "server_total_mean_ms",
-    "batch_size_mean", "client_cpu_cores", "send_lag_p99_ms", "client_saturated",
+    "setting", "role", "max_batch_size", "max_queue_delay_ms", "max_queue_wait_ms", "instances",
+    "engine_options", "mode", "transport", "level", "concurrency", "offered_rps", "rate_rps",
+    "cameras", "fps", "window_s", "sent", "ok", "errors", "dropped_frames", "stale_frames",
+    "throughput_rps", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms",
+    "latency_p999_ms", "latency_mean_ms", "latency_max_ms", "server_queue_mean_ms",
+    "server_preprocess_mean_ms", "server_inference_mean_ms", "server_postprocess_mean_ms",
+    "server_total_mean_ms", "batch_size_mean", "executed_batch_size_mean", "client_cpu_cores",
+    "send_lag_p99_ms", "client_saturated",
 )
 
 
@@ -62,9 +63,16 @@ def new_document(config: dict[str, Any], inputs: dict[str, Any]) -> dict[str, An
 
 
 def setting_entry(name: str, role: str, batching: dict[str, Any] | None, target: str,
-                  levels: Sequence[LevelResult], model: str = "") -> dict[str, Any]:
+                  levels: Sequence[LevelResult], model: str = "",
+                  engine_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {"name": name, "role": role, "batching": batching, "target": target, "model": model,
+            "engine_options": None if engine_options is None else dict(engine_options),
             "levels": [lv.to_json() for lv in levels]}
+
+
+def options_text(options: Mapping[str, Any] | None) -> str:
+    """Engine options as one compact JSON cell ("" when the entry does not record them)."""
+    return "" if options is None else json.dumps(options, sort_keys=True, separators=(",", ":"))
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
@@ -94,7 +102,9 @@ def csv_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "setting": setting["name"], "role": setting["role"],
                 "max_batch_size": b.get("max_batch_size", ""),
                 "max_queue_delay_ms": b.get("max_queue_delay_ms", ""),
+                "max_queue_wait_ms": b.get("max_queue_wait_ms", ""),
                 "instances": b.get("instances", ""),
+                "engine_options": options_text(setting.get("engine_options")),
                 "mode": spec["mode"], "transport": spec["transport"], "level": spec["level"],
                 "concurrency": spec["concurrency"], "offered_rps": round(lv["offered_rps"], 3),
                 "rate_rps": spec["rate_rps"], "cameras": spec["cameras"], "fps": spec["fps"],
@@ -111,6 +121,8 @@ def csv_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "server_postprocess_mean_ms": round(srv["postprocess_ms"], 3),
                 "server_total_mean_ms": round(srv["server_total_ms"], 3),
                 "batch_size_mean": round(lv["mean_batch_size"], 3),
+                "executed_batch_size_mean": round(
+                    lv.get("mean_executed_batch_size", float("nan")), 3),
                 "client_cpu_cores": round(lv["client_cpu_cores"], 3),
                 "send_lag_p99_ms": lv["send_lag_p99_ms"],
                 "client_saturated": lv["client_saturated"],

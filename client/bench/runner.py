@@ -119,6 +119,11 @@ async def run_plan(
     return results
 
 
+def _executed(summary: LevelSummary) -> str:
+    value = summary.mean_executed_batch_size
+    return "" if math.isnan(value) else f" (executed {value:.2f})"
+
+
 def describe(summary: LevelSummary) -> str:
     """One line per level for the terminal."""
     lat = summary.latency
@@ -126,7 +131,8 @@ def describe(summary: LevelSummary) -> str:
     line = (
         f"{summary.spec.mode} {summary.spec.level:g}: {summary.throughput_rps:.1f} req/s, "
         f"p50 {lat.p50_ms:.1f} p99 {lat.p99_ms:.1f} p99.9 {lat.p999_ms:.1f} ms, "
-        f"batch {summary.mean_batch_size:.2f}, queue {summary.server_ms['queue_ms']:.1f} ms, "
+        f"batch {summary.mean_batch_size:.2f}{_executed(summary)}, "
+        f"queue {summary.server_ms['queue_ms']:.1f} ms, "
         f"errors {errors}, client CPU {summary.client_cpu_cores:.2f} cores"
     )
     if summary.dropped or summary.stale:

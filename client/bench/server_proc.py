@@ -19,6 +19,16 @@ import grpc.aio
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# Batching fields BatchSetting knows by name; any other key of a batching mapping is carried
+# through unchanged (`extra`), so a field the server gains later needs no change here.
+KNOWN_BATCHING = ("max_batch_size", "max_queue_delay_ms", "instances", "max_queue_size",
+                  "preferred_batch_sizes", "max_queue_wait_ms")
+_DEFAULTS: dict[str, Any] = {"max_batch_size": 8, "max_queue_delay_ms": 2.0, "instances": 1}
+
+
+def _ms_tag(value: float) -> str:
+    return f"{value:g}".replace(".", "p")
+
 
 @dataclass(frozen=True)
 class BatchSetting:
@@ -27,20 +37,46 @@ class BatchSetting:
     instances: int
     max_queue_size: int = 256
     preferred_batch_sizes: tuple[int, ...] = ()
+    # None: not emitted, so the YAML also suits a server that does not know the field.
+    max_queue_wait_ms: float | None = None
+    extra: tuple[tuple[str, Any], ...] = ()  # other batching keys, passed through as given
+
+    @classmethod
+    def from_yaml(cls, raw: Mapping[str, Any]) -> BatchSetting:
+        """From a detserve-server `batching:` mapping; missing fields take the sweep defaults."""
+        get = {**_DEFAULTS, **raw}
+        wait = get.get("max_queue_wait_ms")
+        return cls(
+            max_batch_size=int(get["max_batch_size"]),
+            max_queue_delay_ms=float(get["max_queue_delay_ms"]),
+            instances=int(get["instances"]),
+            max_queue_size=int(get.get("max_queue_size", 256)),
+            preferred_batch_sizes=tuple(int(v) for v in get.get("preferred_batch_sizes") or ()),
+            max_queue_wait_ms=None if wait is None else float(wait),
+            extra=tuple((k, v) for k, v in raw.items() if k not in KNOWN_BATCHING),
+        )
 
     @property
     def name(self) -> str:
-        delay = f"{self.max_queue_delay_ms:g}".replace(".", "p")
-        return f"b{self.max_batch_size}_d{delay}ms_i{self.instances}"
+        name = f"b{self.max_batch_size}_d{_ms_tag(self.max_queue_delay_ms)}ms_i{self.instances}"
+        if self.max_queue_wait_ms is not None:
+            name += f"_w{_ms_tag(self.max_queue_wait_ms)}ms"
+        return name
 
     def to_yaml(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "max_batch_size": self.max_batch_size,
             "max_queue_delay_ms": self.max_queue_delay_ms,
-            "preferred_batch_sizes": list(self.preferred_batch_sizes),
+            # The server refuses preferred sizes above max_batch_size.
+            "preferred_batch_sizes": [b for b in self.preferred_batch_sizes
+                                      if b <= self.max_batch_size],
             "max_queue_size": self.max_queue_size,
             "instances": self.instances,
         }
+        if self.max_queue_wait_ms is not None:
+            out["max_queue_wait_ms"] = self.max_queue_wait_ms
+        out.update(dict(self.extra))
+        return out
 
 
 def free_port() -> int:

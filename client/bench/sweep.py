@@ -1,27 +1,50 @@
-"""Sweeps over max_batch_size x max_queue_delay x instances: one server subprocess per setting,
-a ladder of load levels against each, and the baselines (raw engine; no batching) in the same
-run. Results are rewritten after every setting, so an interrupted sweep keeps what it measured.
+"""Sweeps over batching settings and engine options: one server subprocess per setting, a
+ladder of load levels against each, and the baselines (raw engine; no batching) in the same run.
+Results are rewritten after every setting, so an interrupted sweep keeps what it measured.
 
 Sweep file (YAML):
 
-    model:                        # a detserve-server models[] entry; batching is filled in
-      package: builtin:shapes_320
+    model:                        # a detserve-server models[] entry
+      package: builtin:shapes_320_int8
       name: shapes
       variant: "320"
-      engine: onnxruntime
-      engine_options: {}
+      engine: openvino
+      engine_options: {num_threads: 2, num_streams: 1, static_batch_sizes: [1, 8]}
+      batching: {max_batch_size: 8, max_queue_delay_ms: 2, max_queue_size: 256, instances: 1}
     server: {stream_policy: block}   # other top-level detserve-server fields
-    grid: {max_batch_size: [1, 4, 8], max_queue_delay_ms: [2], instances: [1], max_queue_size: 256}
+    grid:
+      max_batch_size: [1, 8]
+      max_queue_delay_ms: [2]
+      instances: [1]
+      max_queue_size: 256
+      max_queue_wait_ms: [20]     # optional; emitted only when given (here or in model.batching)
+      engine_options:             # option -> candidate values (a list option: a list of lists)
+        static_batch_sizes: [[1, 8], [1, 2, 4, 8], []]
+        num_streams: [1, 2]
     load: {mode: closed, transport: unary, levels: [1, 2, 4, 8], arrivals: poisson, fps: 15,
            warmup_s: 1, duration_s: 5, max_requests: 100000, timeout_s: 10, streams: 1}
     inputs: {source: synthetic, count: 16, width: 640, height: 480, format: jpeg}
     baselines: {raw_engine: {batch_sizes: [1, 4, 8], duration_s: 3}, no_batching: true}
     startup_timeout_s: 120
+
+The settings are the cross product of every grid list; a field the grid leaves out takes its
+value from `model.batching` (batching fields beyond the grid's, e.g. preferred_batch_sizes or
+fields the server gains later, pass through from there unchanged). Engine options on the grid
+are merged over `model.engine_options`. Each setting is named by its batching and, where engine
+options are swept or differ from the model's, a short tag of them: `b8_d2ms_i1_sbs1-2-4-8_ns1`.
+The setting equal to `model.batching` with `model.engine_options` gets the role
+`served_default`; the report compares it with no batching at every load level.
+
+The no-batching baseline (max_batch_size 1) runs once, not once per engine-option combination:
+with the model's own engine options, and the first delay on the grid (a batch of one never
+waits for company). It runs even when the grid has no max_batch_size 1 (then with delay 0),
+unless `baselines.no_batching` is false. To measure it with other engine options, list them:
+`baselines: {no_batching: {engine_options: {num_streams: 2}}}` (merged over the model's).
+Several instances, queue sizes or queue waits on the grid give one baseline each.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +54,13 @@ import yaml
 from tqdm import tqdm
 
 from detserve.client.bench.baseline import raw_engine_baseline
+from detserve.client.bench.grid import SweepPoint, grid_settings
 from detserve.client.bench.inputs import InputSpec, build_requests, load_inputs
 from detserve.client.bench.loads import LoadSettings
 from detserve.client.bench.resultsdoc import new_document, setting_entry, write_csv, write_json
 from detserve.client.bench.runner import LevelResult, LoadPlan, describe, run_plan
-from detserve.client.bench.server_proc import BatchSetting, ServerProcess, free_port, server_config
+from detserve.client.bench.server_proc import ServerProcess, free_port, server_config
+from detserve.protos import detection_pb2 as pb
 
 BUILTIN = "builtin:"
 _TOP_KEYS = ("model", "server", "grid", "load", "inputs", "baselines", "startup_timeout_s")
@@ -47,13 +72,14 @@ _LOAD_SETTINGS = ("transport", "warmup_s", "duration_s", "max_requests", "timeou
 class SweepConfig:
     model: dict[str, Any]
     server: dict[str, Any]
-    settings: tuple[tuple[str, BatchSetting], ...]  # (role, setting)
+    settings: tuple[SweepPoint, ...]
     plan: LoadPlan
     inputs: InputSpec
     raw_batch_sizes: tuple[int, ...]
     raw_duration_s: float
     startup_timeout_s: float
     raw: dict[str, Any]
+    base_batching: dict[str, Any] | None = None  # model.batching, as given
 
 
 def resolve_package(value: str, base_dir: Path) -> Path:
@@ -66,36 +92,6 @@ def resolve_package(value: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else (base_dir / path).resolve()
 
 
-def _list(raw: Mapping[str, Any], key: str, default: list[Any]) -> list[Any]:
-    value = raw.get(key, default)
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise ValueError(f"sweep field 'grid.{key}' must not be empty")
-    return values
-
-
-def grid_settings(grid: Mapping[str, Any], no_batching: bool) -> list[tuple[str, BatchSetting]]:
-    """Every combination of the grid; plus max_batch_size 1 as the no-batching baseline."""
-    unknown = set(grid) - {"max_batch_size", "max_queue_delay_ms", "instances", "max_queue_size"}
-    if unknown:
-        raise ValueError(f"unknown sweep field(s) grid.{sorted(unknown)}")
-    queue = int(grid.get("max_queue_size", 256))
-    out: list[tuple[str, BatchSetting]] = []
-    delays = _list(grid, "max_queue_delay_ms", [2.0])
-    for b, d, i in itertools.product(_list(grid, "max_batch_size", [8]), delays,
-                                     _list(grid, "instances", [1])):
-        if int(b) < 1 or int(i) < 1 or float(d) < 0:
-            raise ValueError(f"bad grid point max_batch_size={b!r} max_queue_delay_ms={d!r} "
-                             f"instances={i!r}")
-        if int(b) == 1 and d != delays[0]:
-            continue  # a batch of one never waits for company: the delay changes nothing
-        role = "no_batching" if int(b) == 1 else "sweep"
-        out.append((role, BatchSetting(int(b), float(d), int(i), queue)))
-    if no_batching and not any(role == "no_batching" for role, _ in out):
-        out.insert(0, ("no_batching", BatchSetting(1, 0.0, 1, queue)))
-    return out
-
-
 def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
     if not isinstance(raw, Mapping):
         raise ValueError(f"sweep file must be a mapping, got {type(raw).__name__}")
@@ -103,6 +99,7 @@ def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
     if unknown:
         raise ValueError(f"unknown sweep field(s) {sorted(unknown)}; allowed: {list(_TOP_KEYS)}")
     model = dict(raw.get("model") or {})
+    base_batching = model.pop("batching", None)
     if "package" not in model:
         raise ValueError("sweep field 'model.package' is required but missing")
     model["package"] = str(resolve_package(str(model["package"]), base_dir))
@@ -119,10 +116,11 @@ def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
     base = dict(raw.get("baselines") or {})
     raw_cfg = base.get("raw_engine", {"batch_sizes": None})
     grid = dict(raw.get("grid") or {})
-    settings_list = grid_settings(grid, bool(base.get("no_batching", True)))
+    settings_list = grid_settings(grid, base.get("no_batching", True), base_batching,
+                                  model.get("engine_options") or {})
     sizes = ([] if raw_cfg is False else
-             (raw_cfg or {}).get("batch_sizes") or sorted({s.max_batch_size
-                                                           for _, s in settings_list}))
+             (raw_cfg or {}).get("batch_sizes") or sorted({p.batching.max_batch_size
+                                                           for p in settings_list}))
     return SweepConfig(
         model=model,
         server=dict(raw.get("server") or {}),
@@ -133,6 +131,7 @@ def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
         raw_duration_s=float((raw_cfg or {}).get("duration_s", 3.0)) if raw_cfg else 0.0,
         startup_timeout_s=float(raw.get("startup_timeout_s", 120.0)),
         raw=dict(raw),
+        base_batching=None if base_batching is None else dict(base_batching),
     )
 
 
@@ -148,7 +147,8 @@ async def run_sweep(cfg: SweepConfig, out_dir: Path, show_progress: bool = True)
     inputs = load_inputs(cfg.inputs)
     requests = build_requests(inputs.images)
     doc = new_document(
-        {"sweep": cfg.raw, "resolved_model": cfg.model, "plan": cfg.plan.to_json()},
+        {"sweep": cfg.raw, "resolved_model": cfg.model, "plan": cfg.plan.to_json(),
+         "base_batching": cfg.base_batching, "server": cfg.server},
         {**cfg.inputs.to_json(), "mean_bytes": inputs.mean_bytes},
     )
     json_path, csv_path = out_dir / "results.json", out_dir / "results.csv"
@@ -162,23 +162,32 @@ async def run_sweep(cfg: SweepConfig, out_dir: Path, show_progress: bool = True)
                   f"(infer only {r.infer_images_per_s:.1f} img/s)", flush=True)
         write_json(doc, json_path)
     bar = tqdm(cfg.settings, desc="settings", unit="setting", disable=not show_progress)
-    for role, setting in bar:
-        bar.set_postfix_str(setting.name)
-        port = free_port()
-        proc = ServerProcess(server_config(cfg.model, setting, port, cfg.server), out_dir,
-                             setting.name)
-        await proc.start(cfg.startup_timeout_s)
-        def announce(level: LevelResult, name: str = setting.name) -> None:
-            tqdm.write(f"{name} {describe(level.summary)}")
-
-        try:
-            levels = await run_plan(proc.target, requests, cfg.plan, label=setting.name,
-                                    show_progress=show_progress, on_level=announce)
-        finally:
-            proc.stop()
-        doc["settings"].append(setting_entry(setting.name, role, setting.to_yaml(), proc.target,
-                                             levels))
+    for point in bar:
+        bar.set_postfix_str(point.name)
+        levels, target = await _run_point(cfg, point, requests, out_dir, show_progress)
+        doc["settings"].append(setting_entry(point.name, point.role, point.batching.to_yaml(),
+                                             target, levels,
+                                             engine_options=point.engine_options))
         write_json(doc, json_path)
         write_csv(doc, csv_path)
     bar.close()
     return json_path
+
+
+async def _run_point(cfg: SweepConfig, point: SweepPoint, requests: list[pb.DetectRequest],
+                     out_dir: Path, show_progress: bool) -> tuple[list[LevelResult], str]:
+    """One server subprocess for `point`, the load plan against it; stopped on the way out."""
+    model = {**cfg.model, "engine_options": point.engine_options}
+    proc = ServerProcess(server_config(model, point.batching, free_port(), cfg.server), out_dir,
+                         point.name)
+    await proc.start(cfg.startup_timeout_s)
+
+    def announce(level: LevelResult) -> None:
+        tqdm.write(f"{point.name} {describe(level.summary)}")
+
+    try:
+        levels = await run_plan(proc.target, requests, cfg.plan, label=point.name,
+                                show_progress=show_progress, on_level=announce)
+    finally:
+        proc.stop()
+    return levels, proc.target

@@ -5,23 +5,26 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from detserve.client.bench.cli import main as bench_main
-from detserve.client.bench.report import recommend
+from detserve.client.bench.report import default_vs_no_batching, recommend
 from detserve.client.bench.resultsdoc import CSV_COLUMNS, csv_rows, load_document
 
 from .conftest import ThreadedServer
 
 UNIT_SUFFIXES = ("_ms", "_rps", "_s", "_cores")
 COUNT_COLUMNS = {"level", "concurrency", "sent", "ok", "errors", "dropped_frames", "stale_frames",
-                 "max_batch_size", "instances", "cameras", "fps", "batch_size_mean"}
+                 "max_batch_size", "instances", "cameras", "fps", "batch_size_mean",
+                 "executed_batch_size_mean"}
 
 
 def test_csv_columns_name_their_units() -> None:
     for col in CSV_COLUMNS:
-        numeric = col not in {"setting", "role", "mode", "transport", "client_saturated"}
+        numeric = col not in {"setting", "role", "engine_options", "mode", "transport",
+                              "client_saturated"}
         if numeric and col not in COUNT_COLUMNS:
             assert col.endswith(UNIT_SUFFIXES), col
 
@@ -111,3 +114,23 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert bench_main(["run", "--target", "127.0.0.1:1", "--out", str(tmp_path / "x.json"),
                        "--inputs", str(blocks_folder), "--no-progress"]) == 2
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def _row(setting: str, role: str, level: float, rps: float, p99: float) -> dict[str, Any]:
+    return {"setting": setting, "role": role, "level": level, "throughput_rps": rps,
+            "latency_p99_ms": p99, "errors": 0, "client_saturated": False, "ok": 10}
+
+
+def test_served_default_over_no_batching_per_level_and_at_saturation() -> None:
+    rows = [_row("b1", "no_batching", 1, 100.0, 5.0), _row("b1", "no_batching", 4, 150.0, 30.0),
+            _row("b8", "served_default", 1, 90.0, 6.0),
+            _row("b8", "served_default", 4, 300.0, 20.0),
+            _row("b8", "served_default", 8, 330.0, 40.0),  # no b1 run at 8: no per-level ratio
+            _row("b4", "sweep", 4, 999.0, 1.0)]
+    lines = default_vs_no_batching(rows)
+    assert lines[2:4] == ["| 1 | 90.0 | 100.0 | **0.90** | 6.00 | 5.00 |",
+                          "| 4 | 300.0 | 150.0 | **2.00** | 20.0 | 30.0 |"]
+    assert len(lines) == 6  # header, separator, two levels, blank, saturation
+    assert lines[-1] == ("- at saturation (the highest throughput each reached): b8 330.0 req/s "
+                         "(level 8) ÷ b1 150.0 req/s (level 4) = **2.20**")
+    assert default_vs_no_batching([r for r in rows if r["role"] != "no_batching"]) == []

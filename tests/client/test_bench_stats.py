@@ -114,6 +114,18 @@ def test_stale_frames_and_cpu_saturation() -> None:
     assert s.client_saturated and "client CPU 0.95" in s.saturation_reason
 
 
+def test_executed_batch_size_is_averaged_where_the_server_reported_it() -> None:
+    records = [_rec(0.0, 0.0, 0.1, batch=5), _rec(0.1, 0.1, 0.2, batch=2),
+               _rec(0.2, 0.2, 0.3, batch=1)]
+    records[0].executed_batch_size, records[1].executed_batch_size = 8, 2
+    s = summarize(LevelSpec("closed", "unary", 1.0), records, ClientLoad(1.0, 0.0), 1.0)
+    assert s.mean_batch_size == pytest.approx(8 / 3)
+    assert s.mean_executed_batch_size == pytest.approx(5.0)  # (8 + 2) / 2; 0 = not reported
+    none = summarize(LevelSpec("closed", "unary", 1.0), records[2:], ClientLoad(1.0, 0.0), 1.0)
+    assert math.isnan(none.mean_executed_batch_size)
+    assert records_from_columns(records_to_columns(records))[0].executed_batch_size == 8
+
+
 def test_records_round_trip_through_columns() -> None:
     records = [_rec(0.1234567, 0.2, 0.3, batch=3), _rec(1.0, 1.0, 1.5, code="UNAVAILABLE")]
     cols = records_to_columns(records)

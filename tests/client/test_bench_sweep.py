@@ -10,28 +10,32 @@ from pathlib import Path
 import yaml
 
 from detserve.client.bench.cli import main as bench_main
+from detserve.client.bench.grid import grid_settings
 from detserve.client.bench.report import recommend
 from detserve.client.bench.resultsdoc import CSV_COLUMNS, csv_rows
-from detserve.client.bench.sweep import grid_settings, load_sweep
+from detserve.client.bench.sweep import load_sweep
 
 
 def test_grid_adds_the_no_batching_baseline() -> None:
     settings = grid_settings({"max_batch_size": [4, 8], "max_queue_delay_ms": [1, 5],
                               "instances": [1, 2]}, no_batching=True)
-    assert len(settings) == 9 and settings[0][0] == "no_batching"
-    assert settings[0][1].max_batch_size == 1
-    assert {s.name for _, s in settings[1:]} >= {"b4_d1ms_i1", "b8_d5ms_i2"}
+    assert len(settings) == 9 and settings[0].role == "no_batching"
+    assert settings[0].batching.max_batch_size == 1 and settings[0].name == "b1_d0ms_i1"
+    assert {s.name for s in settings[1:]} >= {"b4_d1ms_i1", "b8_d5ms_i2"}
     in_grid = grid_settings({"max_batch_size": [1, 4], "max_queue_delay_ms": [1, 5]},
                             no_batching=True)
-    assert [role for role, _ in in_grid] == ["no_batching", "sweep", "sweep"]
-    assert [s.name for _, s in in_grid] == ["b1_d1ms_i1", "b4_d1ms_i1", "b4_d5ms_i1"]
+    assert [p.role for p in in_grid] == ["no_batching", "sweep", "sweep"]
+    assert [p.name for p in in_grid] == ["b1_d1ms_i1", "b4_d1ms_i1", "b4_d5ms_i1"]
 
 
 def test_short_sweep_writes_json_csv_plots_and_report(tiny_package: Path, blocks_folder: Path,
                                                        tmp_path: Path) -> None:
     sweep = {
-        "model": {"package": str(tiny_package), "engine_options": {"intra_op_threads": 1}},
-        "grid": {"max_batch_size": [1, 4], "max_queue_delay_ms": [2], "instances": [1]},
+        "model": {"package": str(tiny_package), "engine_options": {"intra_op_threads": 1},
+                  "batching": {"max_batch_size": 4, "max_queue_delay_ms": 2, "instances": 1,
+                               "max_queue_size": 64}},
+        # A one-value engine-options axis: names carry it, the values stay the model's own.
+        "grid": {"max_batch_size": [1, 4], "engine_options": {"intra_op_threads": [1]}},
         "load": {"mode": "closed", "levels": [1, 4], "warmup_s": 0.1, "duration_s": 0.4},
         "inputs": {"source": str(blocks_folder), "count": 4},
         "baselines": {"raw_engine": {"batch_sizes": [1, 4], "duration_s": 0.2}},
@@ -39,23 +43,27 @@ def test_short_sweep_writes_json_csv_plots_and_report(tiny_package: Path, blocks
     }
     cfg_path = tmp_path / "sweep.yaml"
     cfg_path.write_text(yaml.safe_dump(sweep))
-    assert [s.name for _, s in load_sweep(cfg_path).settings] == ["b1_d2ms_i1", "b4_d2ms_i1"]
+    assert [p.name for p in load_sweep(cfg_path).settings] == ["b1_d2ms_i1_iot1", "b4_d2ms_i1_iot1"]
     out = tmp_path / "out"
     code = bench_main(["sweep", "--config", str(cfg_path), "--out", str(out), "--slo-ms",
                        "5000", "--no-progress"])
     assert code == 0
     doc = json.loads((out / "results.json").read_text())
-    assert [s["name"] for s in doc["settings"]] == ["b1_d2ms_i1", "b4_d2ms_i1"]
-    assert [s["role"] for s in doc["settings"]] == ["no_batching", "sweep"]
+    assert [s["name"] for s in doc["settings"]] == ["b1_d2ms_i1_iot1", "b4_d2ms_i1_iot1"]
+    assert [s["role"] for s in doc["settings"]] == ["no_batching", "served_default"]
+    assert [s["engine_options"] for s in doc["settings"]] == [{"intra_op_threads": 1}] * 2
+    assert [s["batching"]["max_queue_size"] for s in doc["settings"]] == [64, 64]
     assert [r["batch_size"] for r in doc["raw_engine"]] == [1, 4]
     assert all(r["pipeline_images_per_s"] > 0 for r in doc["raw_engine"])
     nobatch = doc["settings"][0]["levels"]
     assert all(set(lv["batch_sizes"]) == {"1"} for lv in nobatch)  # max_batch_size 1 honoured
-    assert (out / "server-b4_d2ms_i1.yaml").is_file()
+    served = yaml.safe_load((out / "server-b4_d2ms_i1_iot1.yaml").read_text())
+    assert served["models"][0]["engine_options"] == {"intra_op_threads": 1}
+    assert "max_queue_wait_ms" not in served["models"][0]["batching"]  # emitted only when set
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and tuple(rows[0]) == CSV_COLUMNS
-    assert {r["setting"] for r in rows} == {"b1_d2ms_i1", "b4_d2ms_i1"}
+    assert {r["setting"] for r in rows} == {"b1_d2ms_i1_iot1", "b4_d2ms_i1_iot1"}
     report = (out / "report.md").read_text()
     rec = recommend(csv_rows(doc), 5000.0)
     assert rec is not None
@@ -64,4 +72,8 @@ def test_short_sweep_writes_json_csv_plots_and_report(tiny_package: Path, blocks
                and not r["client_saturated"]) == rec.throughput_rps
     assert f"**{rec.setting}** at level {rec.level:g}" in report
     assert "Server ÷ raw engine" in report
+    by = {(r["setting"], r["level"]): r["throughput_rps"] for r in csv_rows(doc)}
+    ratio = by[("b4_d2ms_i1_iot1", 4.0)] / by[("b1_d2ms_i1_iot1", 4.0)]
+    assert "Served default ÷ no batching, per load level" in report
+    assert f"**{ratio:.2f}**" in report
     assert (out / "latency_cdf.png").stat().st_size > 1000
