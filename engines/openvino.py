@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -219,18 +220,27 @@ class OpenVinoEngine:
     def static_batch_sizes(self) -> tuple[int, ...]:
         return tuple(sorted(self._static))
 
-    def _measure_costs_s(self, manifest: Manifest, runs: int = 5) -> dict[int, float]:
-        """Median wall time of one run of each compiled size, on zeros (after one warm-up)."""
-        costs = {}
+    def _measure_costs_s(self, manifest: Manifest, rounds: int = 5) -> dict[int, float]:
+        """Seconds per run of each compiled size, on zeros, after one warm-up run each.
+
+        Sizes take turns round by round, so a burst of load elsewhere hits every size alike,
+        and the minimum is kept: interference only ever adds time. A larger size is taken to
+        cost at least what a smaller one does, so noise cannot make padding look free.
+        """
+        inputs = {size: np.zeros((size, 3, manifest.input_height, manifest.input_width),
+                                 np.float32) for size in self._static}
         for size, request in self._static.items():
-            zeros = np.zeros((size, 3, manifest.input_height, manifest.input_width), np.float32)
-            request.infer({0: zeros})
-            times = []
-            for _ in range(runs):
+            request.infer({0: inputs[size]})
+        best = dict.fromkeys(self._static, math.inf)
+        for _ in range(rounds):
+            for size, request in self._static.items():
                 start = time.perf_counter()
-                request.infer({0: zeros})
-                times.append(time.perf_counter() - start)
-            costs[size] = sorted(times)[runs // 2]
+                request.infer({0: inputs[size]})
+                best[size] = min(best[size], time.perf_counter() - start)
+        costs, floor = {}, 0.0
+        for size in sorted(best):
+            floor = max(floor, best[size])
+            costs[size] = floor
         return costs
 
     def close(self) -> None:

@@ -7,8 +7,9 @@ was decoded on an unbounded thread-pool queue before the batcher's bound was see
 Per model (`ModelAdmission`):
 - `max_queue_size` bounds the requests waiting in the server: admitted and not yet in an engine,
   so the decode stage counts as well as the batcher queue.
-- `max_queue_wait_s` bounds the expected wait: the running batch if every engine is busy, then
-  one measured batch time per full round of waiting requests, plus the decode backlog. A request
+- `max_queue_wait_s` bounds the expected wait: what is left of the soonest-ending running batch
+  if every engine is busy, then one measured batch time per full round of waiting requests,
+  plus the decode backlog. A request
   whose expected wait plus one batch run exceeds its remaining deadline is refused with
   DEADLINE_EXCEEDED at once, since it could only be answered late.
 
@@ -90,7 +91,9 @@ class EngineLoad(Protocol):
     """What the batcher reports of its engines (server/batcher.py)."""
 
     @property
-    def running_batches(self) -> int: ...
+    def running_since(self) -> list[float]:
+        """time.monotonic() start of each batch in an engine now."""
+        ...
 
     @property
     def running_items(self) -> int: ...
@@ -120,10 +123,13 @@ class ModelAdmission:
     def expected_wait_s(self) -> float:
         """Expected time before a request arriving now starts its engine run."""
         batch_s = self.times.full_batch_s() or 0.0
-        busy = self.load.running_batches >= self.instances
-        rounds = int(busy) + self.waiting // self.slots_per_round
+        running = self.load.running_since
+        engine_free_s = 0.0
+        if len(running) >= self.instances:  # every engine busy: the oldest batch ends first
+            engine_free_s = max(batch_s - (time.monotonic() - min(running)), 0.0)
+        rounds = self.waiting // self.slots_per_round
         decode_s = (self.times.decode_s or 0.0) * self.decoding / self.decode_threads
-        return rounds * batch_s + decode_s
+        return engine_free_s + rounds * batch_s + decode_s
 
     def admit(self, deadline: float | None, held: bool = False) -> None:
         """Count the request in, or raise Rejected naming the bound it hit."""

@@ -144,8 +144,9 @@ class Batcher(Generic[T, R]):
         self._started = False
         self._closing = False
         self._draining = False
-        self.running_batches = 0  # batches in an engine now
-        self.running_items = 0  # their items
+        # Batches in an engine now: their time.monotonic() start times, and their items.
+        self.running_since: list[float] = []
+        self.running_items = 0
 
     async def start(self) -> None:
         if self._started:
@@ -338,7 +339,7 @@ class Batcher(Generic[T, R]):
         """Run one batch; every future in it is answered, whatever happens."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        self.running_batches += 1
+        self.running_since.append(started)
         self.running_items += len(batch)
         try:
             run = await loop.run_in_executor(
@@ -349,7 +350,7 @@ class Batcher(Generic[T, R]):
             for pending in batch:
                 self._settle_error(pending, exc)
         finally:
-            self.running_batches -= 1
+            self.running_since.remove(started)
             self.running_items -= len(batch)
             for pending in batch:  # e.g. the worker task was cancelled mid-run
                 self._settle_error(
