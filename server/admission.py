@@ -27,7 +27,6 @@ import asyncio
 import collections
 import contextlib
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -55,65 +54,75 @@ def _ewma(old: float | None, sample: float) -> float:
 
 @dataclass
 class ServiceTimes:
-    """Measured batch run times per formed batch size, and decode time per image.
-
-    Batches are observed from engine threads while the event loop reads: the lock keeps a
-    reader from iterating the dict while a new size is added."""
+    """Measured time per batch by formed size (dispatch to answered, as the event loop sees
+    it), and decode time per image. EWMAs, so they follow a machine that gets busier."""
 
     max_batch_size: int
     batch_s: dict[int, float] = field(default_factory=dict)
     decode_s: float | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def observe_batch(self, size: int, run_s: float) -> None:
-        if size >= 1 and math.isfinite(run_s) and run_s >= 0:
-            with self._lock:
-                self.batch_s[size] = _ewma(self.batch_s.get(size), run_s)
+    def observe_batch(self, size: int, seconds: float) -> None:
+        if size >= 1 and math.isfinite(seconds) and seconds >= 0:
+            self.batch_s[size] = _ewma(self.batch_s.get(size), seconds)
 
     def observe_decode(self, seconds: float) -> None:
         if math.isfinite(seconds) and seconds >= 0:
             self.decode_s = _ewma(self.decode_s, seconds)
 
-    def full_batch_s(self) -> float | None:
-        """Expected run time of a full batch: measured, or scaled up linearly from the largest
-        batch seen (an upper bound: batching is sublinear); None before the first batch."""
-        top = self.max_batch_size
-        with self._lock:
-            if top in self.batch_s:
-                return self.batch_s[top]
-            if not self.batch_s:
-                return None
-            size = max(self.batch_s)
-            return self.batch_s[size] * top / size
+    def batch_time_s(self, size: int) -> float:
+        """Expected time of a batch of `size`: measured, else scaled linearly from the nearest
+        size measured; 0 before the first batch (nothing to go on yet: admit)."""
+        if size in self.batch_s:
+            return self.batch_s[size]
+        if not self.batch_s:
+            return 0.0
+        nearest = min(self.batch_s, key=lambda s: (abs(s - size), -s))
+        return self.batch_s[nearest] * size / nearest
 
 
 class EngineLoad(Protocol):
     """What the batcher reports of its engines (server/batcher.py)."""
 
     @property
-    def running_since(self) -> list[float]:
-        """time.monotonic() start of each batch in an engine now."""
+    def running(self) -> list[tuple[float, int]]:
+        """(time.monotonic() start, size) of each batch in an engine now."""
         ...
 
     @property
     def running_items(self) -> int: ...
 
 
+@dataclass
+class InServer:
+    """Admitted requests of one model, shared with its batcher (which waits for `decoding`)."""
+
+    held: int = 0  # admitted, not yet answered
+    decoding: int = 0  # of those, waiting for or in decode
+
+
 class ModelAdmission:
     """The per-model bounds; one per served model."""
 
     def __init__(self, key: str, batching: BatchingConfig, decode_threads: int,
-                 load: EngineLoad, times: ServiceTimes) -> None:
+                 load: EngineLoad, times: ServiceTimes, counts: InServer) -> None:
         self.key = key
         self.max_queue_size = batching.max_queue_size
         self.max_queue_wait_s = batching.max_queue_wait_s
         self.instances = batching.instances
+        self.max_batch_size = batching.max_batch_size
         self.slots_per_round = batching.max_batch_size * batching.instances
         self.decode_threads = decode_threads
         self.load = load
         self.times = times
-        self.held = 0  # admitted requests not yet answered
-        self.decoding = 0  # of those, waiting for or in decode
+        self.counts = counts
+
+    @property
+    def held(self) -> int:
+        return self.counts.held
+
+    @property
+    def decoding(self) -> int:
+        return self.counts.decoding
 
     @property
     def waiting(self) -> int:
@@ -121,15 +130,25 @@ class ModelAdmission:
         return self.held - self.load.running_items
 
     def expected_wait_s(self) -> float:
-        """Expected time before a request arriving now starts its engine run."""
-        batch_s = self.times.full_batch_s() or 0.0
-        running = self.load.running_since
+        """Expected time before a request arriving now starts its engine run: what is left of
+        the batch that ends first when every engine is busy, one full batch per round of
+        requests waiting ahead, and the decode backlog."""
         engine_free_s = 0.0
-        if len(running) >= self.instances:  # every engine busy: the oldest batch ends first
-            engine_free_s = max(batch_s - (time.monotonic() - min(running)), 0.0)
+        running = self.load.running
+        if len(running) >= self.instances:
+            started, size = min(running)
+            elapsed = time.monotonic() - started
+            engine_free_s = max(self.times.batch_time_s(size) - elapsed, 0.0)
         rounds = self.waiting // self.slots_per_round
+        full_s = self.times.batch_time_s(self.max_batch_size)
         decode_s = (self.times.decode_s or 0.0) * self.decoding / self.decode_threads
-        return engine_free_s + rounds * batch_s + decode_s
+        return engine_free_s + rounds * full_s + decode_s
+
+    def expected_answer_s(self) -> float:
+        """Expected time to answer a request arriving now: its wait, then its own batch (the
+        requests waiting ahead of it in its round, and itself)."""
+        own = min(self.waiting % self.slots_per_round + 1, self.max_batch_size)
+        return self.expected_wait_s() + self.times.batch_time_s(own)
 
     def admit(self, deadline: float | None, held: bool = False) -> None:
         """Count the request in, or raise Rejected naming the bound it hit."""
@@ -137,8 +156,8 @@ class ModelAdmission:
             self._check_bounds()
         if deadline is not None:
             self._check_deadline(deadline)
-        self.held += 1
-        self.decoding += 1
+        self.counts.held += 1
+        self.counts.decoding += 1
 
     def _check_bounds(self) -> None:
         if self.waiting >= self.max_queue_size:
@@ -160,7 +179,7 @@ class ModelAdmission:
 
     def _check_deadline(self, deadline: float) -> None:
         remaining_s = deadline - time.monotonic()
-        needed_s = self.expected_wait_s() + (self.times.full_batch_s() or 0.0)
+        needed_s = self.expected_answer_s()
         if needed_s > remaining_s:
             raise Rejected(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline",
@@ -171,11 +190,11 @@ class ModelAdmission:
 
     def decoded(self) -> None:
         """The request left the decode stage (decoded, skipped or failed)."""
-        self.decoding -= 1
+        self.counts.decoding -= 1
 
     def release(self) -> None:
         """The request is answered (or failed) and no longer held."""
-        self.held -= 1
+        self.counts.held -= 1
 
 
 class PixelBudget:

@@ -5,6 +5,10 @@ Rules (DESIGN.md "Batching semantics"):
   `max_batch_size` items are waiting, at once when a preferred batch size is reached, or when
   `max_queue_delay_s` has passed since the first request. A delay of 0 means "take what is queued
   now, never wait". One item is one image, so batches are counted in images.
+- With `coming` (the server passes the count of admitted requests still decoding), the window
+  waits only while company is on its way: with nobody coming, waiting would only add latency,
+  and a lone caller would pay the whole delay on every request (batching losing to no batching
+  at low load). Requests that arrive while the engine is busy still batch up.
 - The queue is bounded: `submit` raises `QueueFullError` at once instead of growing without limit.
 - Deadlines are checked when a request leaves the queue (and by a timer while it waits), so an
   expired request never reaches `run_batch`.
@@ -56,9 +60,13 @@ class BatchingConfig:
     instances: int = 1
     # Admission refuses a request whose expected wait is above this; None = no time bound.
     max_queue_wait_s: float | None = None
+    # Wait for company only while admitted requests are still decoding (see `coming`).
+    adaptive_window: bool = True
 
     def __post_init__(self) -> None:
         _check_int("max_batch_size", self.max_batch_size, 1)
+        if not isinstance(self.adaptive_window, bool):
+            raise ValueError(f"adaptive_window must be true or false, got {self.adaptive_window!r}")
         wait = self.max_queue_wait_s
         if wait is not None and (
             isinstance(wait, bool) or not isinstance(wait, int | float)
@@ -130,12 +138,18 @@ class Batcher(Generic[T, R]):
         config: BatchingConfig,
         name: str = "",
         queue_limit: int | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+        coming: Callable[[], int] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.config = config
         self.name = name
         # Admission bounds what reaches the queue; stream frames may add to max_queue_size.
         self.queue_limit = config.max_queue_size if queue_limit is None else queue_limit
+        # Told (batch size, seconds from dispatch to answered) after each batch, on the loop:
+        # the time a queued request really waits per batch ahead of it.
+        self._on_batch = on_batch
+        self._coming = coming
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._form_lock = asyncio.Lock()
@@ -144,9 +158,8 @@ class Batcher(Generic[T, R]):
         self._started = False
         self._closing = False
         self._draining = False
-        # Batches in an engine now: their time.monotonic() start times, and their items.
-        self.running_since: list[float] = []
-        self.running_items = 0
+        # Batches in an engine now: (time.monotonic() start, size) each.
+        self.running: list[tuple[float, int]] = []
 
     async def start(self) -> None:
         if self._started:
@@ -162,6 +175,10 @@ class Batcher(Generic[T, R]):
 
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def running_items(self) -> int:
+        return sum(size for _, size in self.running)
 
     async def submit(self, item: T, deadline: float | None = None) -> BatchOutcome[R]:
         """Queue one item and wait for its result.
@@ -276,6 +293,8 @@ class Batcher(Generic[T, R]):
         window_end = self._queue[0].enqueued_at + cfg.max_queue_delay_s
         if self._draining or now >= window_end:
             return count
+        if self._coming is not None and self._coming() == 0:
+            return count
         reached = [size for size in cfg.preferred_batch_sizes if size <= count]
         return reached[-1] if reached else 0
 
@@ -339,19 +358,20 @@ class Batcher(Generic[T, R]):
         """Run one batch; every future in it is answered, whatever happens."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        self.running_since.append(started)
-        self.running_items += len(batch)
+        entry = (started, len(batch))
+        self.running.append(entry)
         try:
             run = await loop.run_in_executor(
                 self._executor, self._timed_run, [p.item for p in batch]
             )
             self._deliver(batch, run, started)
+            if self._on_batch is not None:
+                self._on_batch(len(batch), time.monotonic() - started)
         except Exception as exc:  # one boundary for the whole batch
             for pending in batch:
                 self._settle_error(pending, exc)
         finally:
-            self.running_since.remove(started)
-            self.running_items -= len(batch)
+            self.running.remove(entry)
             for pending in batch:  # e.g. the worker task was cancelled mid-run
                 self._settle_error(
                     pending,

@@ -155,7 +155,7 @@ def _check_keys(raw: Mapping[str, Any], allowed: Sequence[str], where: str) -> N
 def parse_batching(raw: Any, where: str) -> BatchingConfig:
     raw = _mapping(raw, where)
     keys = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size",
-            "instances", "max_queue_wait_ms")
+            "instances", "max_queue_wait_ms", "adaptive_window")
     _check_keys(raw, keys, f"'{where}'")
     d = BatchingConfig()
     max_batch = _int(raw.get("max_batch_size", d.max_batch_size), f"{where}.max_batch_size", 1)
@@ -176,6 +176,8 @@ def parse_batching(raw: Any, where: str) -> BatchingConfig:
     try:
         return BatchingConfig(
             max_queue_wait_s=wait_ms / 1000.0 if wait_ms else None,  # 0 or null: no bound
+            adaptive_window=_bool(raw.get("adaptive_window", d.adaptive_window),
+                                  f"{where}.adaptive_window"),
             max_batch_size=max_batch,
             max_queue_delay_s=delay_ms / 1000.0,
             preferred_batch_sizes=sizes,

@@ -26,7 +26,7 @@ from detserve.engines.batch_plan import executed_batch_size
 from detserve.engines.decode import decode_batch
 from detserve.engines.detections import Detections
 from detserve.engines.manifest import Manifest, ManifestError, ModelPackage, load_package
-from detserve.server.admission import ModelAdmission, ServiceTimes
+from detserve.server.admission import InServer, ModelAdmission, ServiceTimes
 from detserve.server.batcher import Batcher, BatchingConfig
 from detserve.server.config import ConfigError, ModelConfig, ServerConfig
 from detserve.server.errors import RequestError
@@ -258,19 +258,15 @@ def _served(cfg: ModelConfig, engines: list[Engine], server: ServerConfig) -> Se
     pool = EnginePool(engines)
     key = f"{name}@{variant}"
     b = cfg.batching
+    # Admission estimates waits from the batch times the batcher observes.
     times = ServiceTimes(b.max_batch_size)
-
-    def run_batch(items: list[BatchItem]) -> list[ItemResult | Exception]:
-        start = time.perf_counter()
-        try:
-            return pool.run_batch(items)
-        finally:  # the time bound of admission estimates waits from these
-            times.observe_batch(len(items), time.perf_counter() - start)
-
     # Stream frames are bounded by the shared stream slots, not by max_queue_size.
     queue_limit = b.max_queue_size + server.stream_max_frames_held
-    batcher = Batcher(run_batch, b, name=key, queue_limit=queue_limit)
-    admission = ModelAdmission(key, b, server.decode_thread_count, batcher, times)
+    counts = InServer()
+    batcher = Batcher(pool.run_batch, b, name=key, queue_limit=queue_limit,
+                      on_batch=times.observe_batch,
+                      coming=(lambda: counts.decoding) if b.adaptive_window else None)
+    admission = ModelAdmission(key, b, server.decode_thread_count, batcher, times, counts)
     return ServedModel(
         key=key,
         name=name,

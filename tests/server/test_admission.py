@@ -227,3 +227,27 @@ async def test_executed_batch_size_shows_padding(tiny_package: Path) -> None:
     finally:
         await channel.close()
         await server.stop(grace_s=1.0)
+
+
+async def test_adaptive_window_does_not_make_a_lone_caller_wait(start: Callable[..., Any],
+                                                                tiny_package: Path) -> None:
+    # A fixed 30 s window would hold this request for 30 s; nobody else is decoding, so the
+    # adaptive window runs it at once.
+    run: Running = await start(server_config(
+        blocks_model(tiny_package, max_batch_size=4, max_queue_delay_s=30.0)))
+    reply = await run.stub.Detect(request_for(GOOD), timeout=WAIT_S / 2)
+    assert (reply.batch_size, boxes_of(reply)) == (1, GOOD_BOXES)
+
+
+async def test_adaptive_window_waits_for_requests_still_decoding(start: Callable[..., Any],
+                                                                 tiny_package: Path) -> None:
+    run: Running = await start(server_config(
+        blocks_model(tiny_package, max_batch_size=2, max_queue_delay_s=30.0), decode_threads=1))
+    blocker = DecodeBlocker(run.server, 1)
+    calls = [asyncio.ensure_future(run.stub.Detect(request_for(GOOD, frame_id=i),
+                                                   timeout=WAIT_S)) for i in (1, 2)]
+    await _until(lambda: run.server.registry.default.admission.decoding == 2)
+    blocker.release()  # the first is queued while the second decodes: it waits for it
+    replies = [await c for c in calls]
+    assert [(r.frame_id, r.batch_size) for r in replies] == [(1, 2), (2, 2)]
+    assert run.engines.first.batches == [2]

@@ -91,9 +91,10 @@ BAD_INPUTS: list[tuple[str, pb.DetectRequest, grpc.StatusCode, tuple[str, ...]]]
 
 @pytest.fixture
 async def batching_server(start: Callable[..., Any], tiny_package: Path) -> Running:
-    """Two good requests form a batch at once (preferred size 2); a lone one would wait 30 s."""
+    """Two good requests form a batch at once (preferred size 2); a lone one would wait 30 s
+    (a fixed window: the adaptive one would not wait for a request still on the network)."""
     model = blocks_model(tiny_package, max_batch_size=2, preferred_batch_sizes=(2,),
-                         max_queue_delay_s=30.0)
+                         max_queue_delay_s=30.0, adaptive_window=False)
     running: Running = await start(server_config(model, max_message_bytes=64 * 1024))
     return running
 

@@ -118,6 +118,8 @@ def test_cli_model_flag() -> None:
      ("'models[0].batching.max_queue_wait_ms'", "-5")),
     ("max_pixels_in_flight: 1000\n" + MODEL, {}, ("'max_pixels_in_flight' (1000)", "max_pixels")),
     ("decode_threads: 0\n" + MODEL, {}, ("'decode_threads'", "0")),
+    ("models:\n  - package: p\n    batching: {adaptive_window: maybe}\n", {},
+     ("'models[0].batching.adaptive_window'", "'maybe'")),
     (MODEL, {"DETSERVE_STREAM_MAX_FRAMES_HELD": "0"}, ("'stream_max_frames_held'", "0")),
     ("max_concurrent_rpcs: none\n" + MODEL, {}, ("'max_concurrent_rpcs'", "'none'")),
 ])
