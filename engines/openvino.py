@@ -105,6 +105,7 @@ class OpenVinoEngine:
         static_batch_sizes: Sequence[int] = (),
         max_batch_size: int | None = None,
         plan_costs_ms: Mapping[int, float] | None = None,
+        cpu_pinning: bool | None = None,
     ) -> None:
         import openvino as ov
 
@@ -131,6 +132,12 @@ class OpenVinoEngine:
             config["INFERENCE_NUM_THREADS"] = num_threads
         if num_streams is not None:
             config["NUM_STREAMS"] = num_streams
+        if cpu_pinning is not None:
+            if not isinstance(cpu_pinning, bool):
+                raise ValueError(f"openvino cpu_pinning must be true or false, got {cpu_pinning!r}")
+            # Pinned inference threads cannot move away from a core that the server's own
+            # decode and event-loop threads need, so one preempted thread stalls the batch.
+            config["ENABLE_CPU_PINNING"] = cpu_pinning
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache_dir)

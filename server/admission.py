@@ -145,9 +145,15 @@ class ModelAdmission:
         return engine_free_s + rounds * full_s + decode_s
 
     def expected_answer_s(self) -> float:
-        """Expected time to answer a request arriving now: its wait, then its own batch (the
-        requests waiting ahead of it in its round, and itself)."""
-        own = min(self.waiting % self.slots_per_round + 1, self.max_batch_size)
+        """Expected time to answer a request arriving now: its wait, then its own batch. With
+        every engine busy, requests keep coming while it waits, so its batch is taken to be a
+        full one; otherwise the requests waiting ahead of it and itself. A request admitted
+        with room for only a small batch would make the batcher cut batches short (see
+        Batcher._fits_deadlines) and the engine would lose its batching."""
+        if len(self.load.running) >= self.instances:
+            own = self.max_batch_size
+        else:
+            own = min(self.waiting % self.slots_per_round + 1, self.max_batch_size)
         return self.expected_wait_s() + self.times.batch_time_s(own)
 
     def admit(self, deadline: float | None, held: bool = False) -> None:

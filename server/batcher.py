@@ -13,6 +13,11 @@ Rules (DESIGN.md "Batching semantics"):
 - Deadlines are checked when a request leaves the queue (and by a timer while it waits), so an
   expired request never reaches `run_batch`.
 - A cancelled request is dropped before its batch runs.
+- With `batch_time_s` (expected seconds of a batch of n, as measured), a batch is cut to the
+  largest size whose expected run still ends before every member's deadline, the rest staying
+  at the head of the queue, and a request that could not finish even alone fails now rather
+  than spend engine time on an answer nobody will read. Tight deadlines then get smaller,
+  faster batches instead of full ones that miss.
 - `instances` worker threads: batch N+1 forms while batch N runs.
 - Each batch sits in one exception boundary: no future is ever left without an answer.
 """
@@ -140,6 +145,7 @@ class Batcher(Generic[T, R]):
         queue_limit: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         coming: Callable[[], int] | None = None,
+        batch_time_s: Callable[[int], float] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.config = config
@@ -150,6 +156,7 @@ class Batcher(Generic[T, R]):
         # the time a queued request really waits per batch ahead of it.
         self._on_batch = on_batch
         self._coming = coming
+        self._batch_time_s = batch_time_s
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._form_lock = asyncio.Lock()
@@ -321,15 +328,51 @@ class Batcher(Generic[T, R]):
         now = time.monotonic()
         while self._queue and len(batch) < size:
             pending = self._queue.popleft()
-            if pending.timer is not None:
-                pending.timer.cancel()
-            if pending.future.done():
+            if pending.future.done():  # cancelled by its caller
+                if pending.timer is not None:
+                    pending.timer.cancel()
                 continue
-            if pending.expired(now):
-                self._settle_error(pending, self._deadline_error(pending, now))
+            error = self._hopeless(pending, now)
+            if error is not None:
+                self._settle_error(pending, error)
                 continue
             batch.append(pending)
-        return batch
+        fits = self._fits_deadlines(batch, now)
+        for pending in reversed(batch[fits:]):  # back to the head of the queue, in order
+            self._queue.appendleft(pending)
+        for pending in batch[:fits]:
+            if pending.timer is not None:
+                pending.timer.cancel()
+        return batch[:fits]
+
+    def _hopeless(self, pending: _Pending[T, R], now: float) -> DeadlineExpiredError | None:
+        """Why `pending` cannot be answered in time (expired, or too little time left for a
+        batch of one), or None."""
+        if pending.expired(now):
+            return self._deadline_error(pending, now)
+        if pending.deadline is None or self._batch_time_s is None:
+            return None
+        alone_s = self._batch_time_s(1)
+        left_s = pending.deadline - now
+        if alone_s <= left_s:
+            return None
+        return DeadlineExpiredError(
+            f"deadline cannot be met: {left_s * 1e3:.0f} ms left after "
+            f"{(now - pending.enqueued_at) * 1e3:.0f} ms in the queue, and a batch of one takes "
+            f"{alone_s * 1e3:.0f} ms; not run"
+        )
+
+    def _fits_deadlines(self, batch: list[_Pending[T, R]], now: float) -> int:
+        """The largest n whose expected batch time ends before the first n's deadlines."""
+        if self._batch_time_s is None:
+            return len(batch)
+        earliest = math.inf
+        for n, pending in enumerate(batch, start=1):
+            if pending.deadline is not None:
+                earliest = min(earliest, pending.deadline)
+            if n > 1 and now + self._batch_time_s(n) > earliest:
+                return n - 1
+        return len(batch)
 
     # -- running ---------------------------------------------------------------------------
 

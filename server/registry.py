@@ -265,7 +265,8 @@ def _served(cfg: ModelConfig, engines: list[Engine], server: ServerConfig) -> Se
     counts = InServer()
     batcher = Batcher(pool.run_batch, b, name=key, queue_limit=queue_limit,
                       on_batch=times.observe_batch,
-                      coming=(lambda: counts.decoding) if b.adaptive_window else None)
+                      coming=(lambda: counts.decoding) if b.adaptive_window else None,
+                      batch_time_s=times.batch_time_s)
     admission = ModelAdmission(key, b, server.decode_thread_count, batcher, times, counts)
     return ServedModel(
         key=key,
