@@ -106,6 +106,11 @@ class ServerMetrics:
             "(queue_full, queue_wait, deadline, pixel_budget).",
             ["model", "reason"], registry=reg,
         )  # fmt: skip
+        self.rejection_time = Histogram(
+            "detserve_rejection_seconds",
+            "Server time from a call's arrival in the servicer to its refusal by admission.",
+            ["model"], buckets=QUEUE_BUCKETS_S, registry=reg,
+        )  # fmt: skip
         self.decodes = Counter(
             "detserve_decodes", "Images decoded and letterboxed.", ["model"], registry=reg,
         )  # fmt: skip

@@ -66,6 +66,7 @@ class RequestObserver:
                                        served.admission.expected_wait_s())
         if rec.reject_reason:
             self.metrics.rejected.labels(label, rec.reject_reason).inc()
+            self.metrics.rejection_time.labels(label).observe(rec.total_ms / 1e3)
         if rec.decode is not None:
             self.metrics.observe_decode(label, rec.decode)
         if rec.code.name != "OK":

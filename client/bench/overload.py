@@ -24,8 +24,10 @@ from detserve.client.bench.promtext import (
     DECODES,
     EXPIRED_BEFORE_DECODE,
     REJECTED,
+    REJECTION_SECONDS,
     Snapshot,
     counter_delta,
+    histogram_quantile_delta,
     label_delta,
     scrape,
 )
@@ -66,6 +68,10 @@ def plan_phases(capacity_rps: float, factors: Sequence[float], deadline_ms: floa
     return plain + timed
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
 @dataclass(frozen=True)
 class ServerObservations:
     rss: RssStats
@@ -75,6 +81,8 @@ class ServerObservations:
     rejected_total: float | None
     rejected_by_reason: dict[str, float] | None
     expired_before_decode: float | None = None  # admitted, deadline passed before a decode
+    # Server time to refuse (detserve_rejection_seconds), p99 as a bucket's upper edge, ms.
+    server_rejection_p99_ms: float | None = None
 
     @classmethod
     def from_snapshots(cls, rss: RssStats, before: Snapshot | None,
@@ -83,7 +91,8 @@ class ServerObservations:
                    counter_delta(before, after, DECODED_AFTER_DEADLINE),
                    counter_delta(before, after, DECODES), counter_delta(before, after, REJECTED),
                    label_delta(before, after, REJECTED, "reason"),
-                   counter_delta(before, after, EXPIRED_BEFORE_DECODE))
+                   counter_delta(before, after, EXPIRED_BEFORE_DECODE),
+                   _ms(histogram_quantile_delta(before, after, REJECTION_SECONDS, 0.99)))
 
     def notes(self) -> list[str]:
         if not self.metrics_read:

@@ -18,6 +18,7 @@ DECODED_AFTER_DEADLINE = "detserve_decoded_after_deadline_total"
 DECODES = "detserve_decodes_total"
 REJECTED = "detserve_rejected_total"
 EXPIRED_BEFORE_DECODE = "detserve_expired_before_decode_total"
+REJECTION_SECONDS = "detserve_rejection_seconds"  # histogram: server time to refuse
 OVERLOAD_COUNTERS = (DECODED_AFTER_DEADLINE, DECODES, REJECTED, EXPIRED_BEFORE_DECODE)
 
 Labels = tuple[tuple[str, str], ...]
@@ -94,3 +95,27 @@ def label_delta(before: Snapshot | None, after: Snapshot | None, name: str,
         return None
     start = before.by_label(name, label) or {}
     return {k: v - start.get(k, 0.0) for k, v in sorted(end.items())}
+
+
+def histogram_quantile_delta(before: Snapshot | None, after: Snapshot | None, name: str,
+                             q: float) -> float | None:
+    """The q-quantile (0..1) of the observations a histogram gained between two snapshots,
+    as the upper edge of the bucket it falls in (Prometheus' histogram_quantile without the
+    interpolation); None when not exposed or nothing was observed."""
+    if before is None or after is None:
+        return None
+    end = after.samples.get(f"{name}_bucket")
+    if not end:
+        return None
+    start = before.samples.get(f"{name}_bucket", {})
+    counts: dict[float, float] = {}
+    for labels, value in end.items():
+        edge = float(dict(labels).get("le", "inf"))
+        counts[edge] = counts.get(edge, 0.0) + value - start.get(labels, 0.0)
+    total = counts.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    for edge in sorted(counts):
+        if counts[edge] >= q * total:
+            return edge
+    return None

@@ -3,6 +3,7 @@ per-phase CSV, /metrics parsing (text, and a real server's endpoint) and RSS sam
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 from dataclasses import replace
@@ -26,7 +27,9 @@ from detserve.client.bench.promtext import (
     DECODED_AFTER_DEADLINE,
     DECODES,
     REJECTED,
+    REJECTION_SECONDS,
     counter_delta,
+    histogram_quantile_delta,
     label_delta,
     parse_metrics,
     scrape,
@@ -205,6 +208,47 @@ async def test_a_real_servers_metrics_endpoint(tiny_package: Path) -> None:
     assert counter_delta(before, after, DECODED_AFTER_DEADLINE) == 0.0
     assert counter_delta(before, after, REJECTED) == 0.0
     assert scrape(url, timeout_s=1.0) is None  # the endpoint is gone with the server
+
+
+HISTOGRAM = """# TYPE detserve_rejection_seconds histogram
+detserve_rejection_seconds_bucket{le="0.001",model="m"} %d
+detserve_rejection_seconds_bucket{le="0.005",model="m"} %d
+detserve_rejection_seconds_bucket{le="+Inf",model="m"} %d
+detserve_rejection_seconds_count{model="m"} %d
+detserve_rejection_seconds_sum{model="m"} 0.1
+"""
+
+
+def test_histogram_quantile_of_what_a_phase_added() -> None:
+    before = parse_metrics(HISTOGRAM % (10, 10, 10, 10))
+    after = parse_metrics(HISTOGRAM % (10 + 97, 10 + 99, 10 + 100, 110))
+    assert histogram_quantile_delta(before, after, REJECTION_SECONDS, 0.5) == 0.001
+    assert histogram_quantile_delta(before, after, REJECTION_SECONDS, 0.99) == 0.005
+    assert histogram_quantile_delta(before, after, REJECTION_SECONDS, 1.0) == float("inf")
+    assert histogram_quantile_delta(before, before, REJECTION_SECONDS, 0.99) is None
+    assert histogram_quantile_delta(None, after, REJECTION_SECONDS, 0.99) is None
+
+
+async def test_a_real_servers_refusal_time(tiny_package: Path) -> None:
+    srv = ThreadedServer(replace(config_for(tiny_package), metrics_port=0))
+    try:
+        # As measured on a slow engine: a batch takes 10 s, so a 1 s deadline cannot be met.
+        srv.server.registry.default.admission.times.observe_batch(1, 10.0)
+        url = f"http://127.0.0.1:{srv.server.metrics_port}/metrics"
+        before = scrape(url)
+        (request,) = build_requests(load_inputs(InputSpec("synthetic", 1, 64, 64)).images)
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            stub = pb_grpc.DetectorStub(channel)  # type: ignore[no-untyped-call]
+            replies = await asyncio.gather(*(stub.Detect(request, timeout=1.0)
+                                             for _ in range(5)), return_exceptions=True)
+        after = scrape(url)
+    finally:
+        srv.stop()
+    assert all(isinstance(r, grpc.aio.AioRpcError)
+               and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED for r in replies)
+    assert label_delta(before, after, REJECTED, "reason") == {"deadline": 5.0}
+    p99 = histogram_quantile_delta(before, after, REJECTION_SECONDS, 0.99)
+    assert p99 is not None and 0 < p99 <= 0.25  # refused on arrival, not after a wait
 
 
 def test_rss_of_this_process() -> None:
