@@ -21,22 +21,41 @@ def status_code_from_int(value: int) -> grpc.StatusCode:
     return _CODES_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
 
 
-class DetectError(Exception):
-    """A call failed; `code` is the gRPC status code and `details` the server's reason."""
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
-    def __init__(self, code: grpc.StatusCode, details: str, frame_id: int | None = None) -> None:
+
+def retry_after_s(error: object) -> float | None:
+    """The server's retry hint (grpc-retry-pushback-ms trailing metadata) in seconds, if any."""
+    trailing = getattr(error, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == PUSHBACK_KEY:
+            try:
+                return max(int(value), 0) / 1e3
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class DetectError(Exception):
+    """A call failed; `code` is the gRPC status code and `details` the server's reason.
+    `retry_after_s`: when the server said a retry could be admitted (busy refusals)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, frame_id: int | None = None,
+                 retry_after_s: float | None = None) -> None:
         where = f" (frame {frame_id})" if frame_id is not None else ""
         super().__init__(f"{code.name}{where}: {details}")
         self.code = code
         self.details = details
         self.frame_id = frame_id
+        self.retry_after_s = retry_after_s
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> DetectError:
         # grpc.RpcError raised by calls is also a grpc.Call carrying code() and details().
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         details = error.details() if hasattr(error, "details") else str(error)
-        return cls(code or grpc.StatusCode.UNKNOWN, details or "")
+        return cls(code or grpc.StatusCode.UNKNOWN, details or "",
+                   retry_after_s=retry_after_s(error))
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,19 @@ EWMA_WEIGHT = 0.2  # weight of the newest sample: follows a change within ~10 ba
 REASONS = ("queue_full", "queue_wait", "deadline", "pixel_budget")
 
 
-class Rejected(RequestError):
-    """Refused on arrival; `reason` (one of REASONS) labels the rejection metric."""
+PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRPC's own retry hint, honoured by its retry policy
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+
+class Rejected(RequestError):
+    """Refused on arrival; `reason` (one of REASONS) labels the rejection metric, and
+    `retry_after_s` (sent as grpc-retry-pushback-ms) says when a retry could be admitted: a
+    caller that retries at once only burns the CPU the queue needs (a retry storm)."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(code, message)
         self.reason = reason
+        self.retry_after_s = retry_after_s
 
 
 def _ewma(old: float | None, sample: float) -> float:
@@ -166,11 +173,13 @@ class ModelAdmission:
         self.counts.decoding += 1
 
     def _check_bounds(self) -> None:
+        full_s = self.times.batch_time_s(self.max_batch_size)
         if self.waiting >= self.max_queue_size:
             raise Rejected(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full",
                 f"server busy: model {self.key} has {self.waiting} requests waiting, its "
                 f"batching.max_queue_size; retry with backoff",
+                retry_after_s=full_s,  # a round of the queue drains by then
             )
         limit = self.max_queue_wait_s
         if limit is not None:
@@ -181,6 +190,7 @@ class ModelAdmission:
                     f"server busy: model {self.key} expects a {wait_s * 1e3:.0f} ms wait "
                     f"({self.waiting} requests waiting), above batching.max_queue_wait_ms "
                     f"{limit * 1e3:g}; retry with backoff",
+                    retry_after_s=max(wait_s - limit, full_s),  # the excess has drained
                 )
 
     def _check_deadline(self, deadline: float) -> None:
@@ -213,13 +223,14 @@ class PixelBudget:
         self.in_use = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
-    def try_reserve(self, pixels: int) -> None:
+    def try_reserve(self, pixels: int, retry_after_s: float | None = None) -> None:
         """Reserve at once or raise Rejected (unary calls: refuse rather than queue)."""
         if self._waiters or self.in_use + pixels > self.capacity:
             raise Rejected(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "pixel_budget",
                 f"server busy: {self.in_use} decoded pixels in flight; this image's {pixels} "
                 f"would pass max_pixels_in_flight {self.capacity}; retry with backoff",
+                retry_after_s=retry_after_s,
             )
         self.in_use += pixels
 

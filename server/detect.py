@@ -245,8 +245,8 @@ class DetectCore:
         try:
             if held:
                 await self.pixels.reserve(pixels)
-            else:
-                self.pixels.try_reserve(pixels)
+            else:  # a retry may fit once the decodes in flight are done
+                self.pixels.try_reserve(pixels, admission.times.decode_s)
         except BaseException:
             admission.decoded()
             raise

@@ -149,7 +149,9 @@ async def run_closed(
     stub: pb_grpc.DetectorStub, requests: Sequence[pb.DetectRequest], concurrency: int,
     settings: LoadSettings, progress: Progress | None = None,
 ) -> LevelRun:
-    """`concurrency` workers, each sending its next request as soon as the last one returns."""
+    """`concurrency` workers, each sending its next request as soon as the last one returns,
+    or, after a refusal carrying the server's retry hint (grpc-retry-pushback-ms), once that
+    time has passed, as a gRPC retry policy would: retrying at once only feeds a retry storm."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
     run = _Run(requests, settings, progress)
@@ -164,6 +166,8 @@ async def run_closed(
                 return
             reply = await sender.send(run.next_request())
             run.record(reply, start, measured, index if settings.transport == "stream" else -1)
+            if reply.retry_after_s > 0:
+                await asyncio.sleep(reply.retry_after_s)
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     await _close_all(senders)

@@ -17,7 +17,7 @@ import grpc
 import grpc.aio
 
 from detserve.client.bench.recorder import DROPPED, OK
-from detserve.client.results import status_code_from_int
+from detserve.client.results import retry_after_s, status_code_from_int
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
 
@@ -28,6 +28,7 @@ class Reply:
     response: Any  # pb.DetectResponse, or None when the request failed or was dropped
     sent_s: float  # perf_counter when the request was handed to gRPC
     done_s: float  # perf_counter when the reply (or failure) arrived
+    retry_after_s: float = 0.0  # the server's grpc-retry-pushback-ms on a refusal
 
 
 class Sender(Protocol):
@@ -48,7 +49,8 @@ class UnarySender:
         try:
             response = await self._stub.Detect(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            return Reply(err.code().name, None, sent, time.perf_counter())
+            return Reply(err.code().name, None, sent, time.perf_counter(),
+                         retry_after_s(err) or 0.0)
         return Reply(OK, response, sent, time.perf_counter())
 
     async def close(self) -> None:

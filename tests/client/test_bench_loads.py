@@ -171,3 +171,24 @@ async def test_a_stalled_client_is_charged_from_the_schedule(
     assert all(r.latency_ms >= r.send_lag_ms for r in late)
     assert s.send_lag_p99_ms > 100.0 and s.client_saturated
     assert s.latency.max_ms > 100.0
+
+
+async def test_closed_loop_waits_out_the_servers_retry_hint(
+        tiny_package: Path, requests: list[pb.DetectRequest]) -> None:
+    # 40 ms per batch of one and a 50 ms wait bound: with 8 callers most are refused. Each
+    # refusal says when to retry (at least one batch time); a caller that retried at once would
+    # send thousands of refusals a second (a retry storm), one that waits sends a few hundred.
+    from .conftest import config_for
+
+    srv = ThreadedServer(config_for(tiny_package, max_batch_size=1, max_queue_delay_s=0.0,
+                                    max_queue_wait_s=0.05), delay_s=0.040)
+    try:
+        settings = LoadSettings(warmup_s=0.2, duration_s=1.0)
+        async with grpc.aio.insecure_channel(srv.target) as ch:
+            run = await run_closed(_stub(ch), requests, 8, settings)
+    finally:
+        srv.stop()
+    s = summarize(run.spec, run.records, run.client, run.offered_window_s)
+    refused = s.errors.get("RESOURCE_EXHAUSTED", 0)
+    assert refused > 0 and s.ok >= 10
+    assert refused < 8 * 1.0 / 0.040 + 8  # at most one refusal per caller per batch time

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from detserve.client.results import retry_after_s
 from detserve.protos import detection_pb2 as pb
 from detserve.server.app import Server, start_server
 from detserve.server.batcher import DeadlineExpiredError
@@ -123,6 +124,9 @@ async def test_expected_wait_above_the_bound_is_refused_at_once(
                       r"batching.max_queue_wait_ms 100;", err.value.details() or "")
     assert found and 4000 < int(found[1]) <= 5000  # what is left of the running batch
     assert refused_in_s < WAIT_S / 4  # answered without waiting for the held engine
+    # The retry hint gRPC's retry policy honours: once the excess wait has drained.
+    assert dict(err.value.trailing_metadata() or ())["grpc-retry-pushback-ms"] == "5000"
+    assert retry_after_s(err.value) == 5.0
     assert metric(run.server, "detserve_rejected_total", model=MODEL, reason="queue_wait") == 1
     run.engines.first.gate.set()
     assert boxes_of(await first) == GOOD_BOXES
