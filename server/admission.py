@@ -33,7 +33,7 @@ from typing import Protocol
 
 import grpc
 
-from detserve.server.batcher import BatchingConfig
+from detserve.server.batching_config import BatchingConfig
 from detserve.server.errors import RequestError
 
 EWMA_WEIGHT = 0.2  # weight of the newest sample: follows a change within ~10 batches

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from detserve.server.batcher import BatchingConfig
+from detserve.server.batching_config import BatchingConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 BUILTIN_PREFIX = "builtin:"

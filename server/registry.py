@@ -27,7 +27,8 @@ from detserve.engines.decode import decode_batch
 from detserve.engines.detections import Detections
 from detserve.engines.manifest import Manifest, ManifestError, ModelPackage, load_package
 from detserve.server.admission import InServer, ModelAdmission, ServiceTimes
-from detserve.server.batcher import Batcher, BatchingConfig
+from detserve.server.batcher import Batcher
+from detserve.server.batching_config import BatchingConfig
 from detserve.server.config import ConfigError, ModelConfig, ServerConfig
 from detserve.server.errors import RequestError
 

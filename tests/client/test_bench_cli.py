@@ -62,8 +62,14 @@ def test_run_then_report(server: ThreadedServer, blocks_folder: Path, tmp_path: 
     for png in ("throughput_vs_p99.png", "latency_cdf.png", "batch_sizes.png",
                 "queue_vs_compute.png"):
         assert (tmp_path / png).stat().st_size > 1000
-    best = max(csv_rows(doc), key=lambda r: r["throughput_rps"])
+    # The server shares this process, so a level may read "client saturated" on a busy machine;
+    # such levels are never recommended (recommend's rule), whatever their throughput.
+    clean = [r for r in csv_rows(doc) if not r["client_saturated"]]
     rec = recommend(csv_rows(doc), 10000.0)
+    if not clean:
+        assert rec is None and "No error-free level met p99 <= 10000 ms." in report
+        return
+    best = max(clean, key=lambda r: r["throughput_rps"])
     assert rec is not None and rec.throughput_rps == best["throughput_rps"]
     assert f"{rec.throughput_rps:.1f} req/s" in report
 
