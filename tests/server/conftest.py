@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -115,6 +116,15 @@ class EngineRecorder:
     @property
     def first(self) -> GatedEngine:
         return self.engines[0]
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait for server-side state the test has no event for (polls; never a timing sleep)."""
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition never became true")
+        await asyncio.sleep(0.005)
 
 
 def server_config(*models: ModelConfig, **fields: Any) -> ServerConfig:

@@ -32,6 +32,7 @@ from .conftest import (
     boxes_of,
     request_for,
     server_config,
+    until,
 )
 
 GOOD = blocks_image(64, 64, [(32, 32, 1)])
@@ -52,15 +53,6 @@ def metric(server: Server, name: str, **labels: str) -> float:
 
 def decodes(server: Server) -> float:
     return metric(server, "detserve_decodes_total", model=MODEL)
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    """Wait for server-side state the test has no event for (polls; never a timing sleep)."""
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition never became true")
-        await asyncio.sleep(0.005)
 
 
 async def _busy_engine(start: Callable[..., Any], model: ModelConfig,
@@ -97,7 +89,7 @@ async def test_full_queue_is_refused_before_decode(start: Callable[..., Any],
     model = blocks_model(tiny_package, max_batch_size=1, max_queue_size=1)
     run, first = await _busy_engine(start, model)
     second = asyncio.ensure_future(run.stub.Detect(request_for(GOOD, frame_id=2)))
-    await _until(lambda: run.server.registry.default.batcher.queue_depth() == 1)
+    await until(lambda: run.server.registry.default.batcher.queue_depth() == 1)
     assert decodes(run.server) == 0  # metrics are written when a request ends
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await run.stub.Detect(request_for(GOOD, frame_id=3), timeout=WAIT_S / 2)
@@ -190,7 +182,7 @@ async def test_pixel_budget_holds_and_refuses_at_once(start: Callable[..., Any],
     held = [asyncio.ensure_future(run.stub.Detect(request_for(GOOD, frame_id=i)))
             for i in (1, 2)]
     budget = run.server.core.pixels
-    await _until(lambda: budget.in_use == 2 * side)
+    await until(lambda: budget.in_use == 2 * side)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await run.stub.Detect(request_for(GOOD, frame_id=3), timeout=WAIT_S / 2)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -250,7 +242,7 @@ async def test_adaptive_window_waits_for_requests_still_decoding(start: Callable
     blocker = DecodeBlocker(run.server, 1)
     calls = [asyncio.ensure_future(run.stub.Detect(request_for(GOOD, frame_id=i),
                                                    timeout=WAIT_S)) for i in (1, 2)]
-    await _until(lambda: run.server.registry.default.admission.decoding == 2)
+    await until(lambda: run.server.registry.default.admission.decoding == 2)
     blocker.release()  # the first is queued while the second decodes: it waits for it
     replies = [await c for c in calls]
     assert [(r.frame_id, r.batch_size) for r in replies] == [(1, 2), (2, 2)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,21 +25,13 @@ from .conftest import (
     boxes_of,
     request_for,
     server_config,
+    until,
 )
 
 GOOD = blocks_image(64, 64, [(32, 32, 1)])
 GOOD_BOXES = [("green", 1.0, [32.0, 32.0, 64.0, 64.0])]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    """Wait for server-side state the test cannot get an event for."""
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition never became true")
-        await asyncio.sleep(0.005)
 
 
 async def _one_in_engine_one_queued(
@@ -62,7 +53,7 @@ async def test_deadline_expired_in_queue_never_reaches_engine(
         await run.stub.Detect(request_for(GOOD, frame_id=2), timeout=0.2)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     batcher = run.server.registry.default.batcher
-    await _until(lambda: batcher.queue_depth() == 0)
+    await until(lambda: batcher.queue_depth() == 0)
     run.engines.first.gate.set()
     assert boxes_of(await first) == GOOD_BOXES
     assert boxes_of(await run.stub.Detect(request_for(GOOD))) == GOOD_BOXES
@@ -74,11 +65,11 @@ async def test_cancelled_call_leaves_the_queue(start: Callable[..., Any],
     run, first = await _one_in_engine_one_queued(start, tiny_package)
     batcher = run.server.registry.default.batcher
     queued = run.stub.Detect(request_for(GOOD, frame_id=2))
-    await _until(lambda: batcher.queue_depth() == 1)
+    await until(lambda: batcher.queue_depth() == 1)
     queued.cancel()
     with pytest.raises(asyncio.CancelledError):
         await queued
-    await _until(lambda: batcher.queue_depth() == 0)
+    await until(lambda: batcher.queue_depth() == 0)
     run.engines.first.gate.set()
     assert (await first).frame_id == 1
     assert run.engines.first.batches == [1]
@@ -92,7 +83,7 @@ async def test_full_queue_is_resource_exhausted_at_once(
     run, first = await _one_in_engine_one_queued(start, tiny_package, queue_size=1)
     batcher = run.server.registry.default.batcher
     second = asyncio.ensure_future(run.stub.Detect(request_for(GOOD, frame_id=2)))
-    await _until(lambda: batcher.queue_depth() == 1)
+    await until(lambda: batcher.queue_depth() == 1)
     # The engine stays blocked, so only an immediate refusal can meet this deadline.
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await run.stub.Detect(request_for(GOOD, frame_id=3), timeout=WAIT_S / 2)
@@ -160,7 +151,7 @@ async def test_drain_ends_open_streams_after_their_pending_frames(
     await call.write(request_for(GOOD, frame_id=10))
     assert await asyncio.wait_for(run.engines.first.entered.get(), WAIT_S) == 1
     stopping = asyncio.create_task(run.server.stop(grace_s=WAIT_S))
-    await _until(lambda: run.server.service.draining)
+    await until(lambda: run.server.service.draining)
     run.engines.first.gate.set()
     replies = [r async for r in call]  # ends without the client half-closing
     assert [(r.frame_id, r.status.code, boxes_of(r)) for r in replies] == [(10, 0, GOOD_BOXES)]
@@ -175,10 +166,10 @@ async def test_cancelled_stream_releases_its_frames(start: Callable[..., Any],
     batcher = run.server.registry.default.batcher
     call = run.stub.DetectStream(iter([request_for(GOOD, frame_id=i) for i in range(3)]))
     assert await asyncio.wait_for(run.engines.first.entered.get(), WAIT_S) == 1
-    await _until(lambda: batcher.queue_depth() == 2)
+    await until(lambda: batcher.queue_depth() == 2)
     call.cancel()
-    await _until(lambda: batcher.queue_depth() == 0)  # the queued frames left with the stream
-    await _until(lambda: run.server.service.active_calls == 0)
+    await until(lambda: batcher.queue_depth() == 0)  # the queued frames left with the stream
+    await until(lambda: run.server.service.active_calls == 0)
     run.engines.first.gate.set()
     assert boxes_of(await run.stub.Detect(request_for(GOOD))) == GOOD_BOXES
     assert run.engines.first.batches == [1, 1]  # frame 0, then the new call; never frames 1-2
