@@ -40,8 +40,11 @@ class DecodePool:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def run(self, work: Callable[[], T], deadline: float | None,
-                  outcome: DecodeOutcome, on_done: Callable[[], None]) -> T:
-        """`work()` on a decode thread, unless `deadline` (time.monotonic()) passed first.
+                  outcome: DecodeOutcome, on_done: Callable[[], None],
+                  expected_s: float = 0.0) -> T:
+        """`work()` on a decode thread, unless `deadline` (time.monotonic()) passes before it
+        could finish: a thread that would start with less than `expected_s` (the measured
+        decode time) left skips the request instead of decoding for nobody.
 
         `on_done` runs on the event loop once the thread is finished with the request, or once
         it was dropped unstarted: a caller that goes away mid-decode must not hand back the
@@ -53,11 +56,12 @@ class DecodePool:
         def guarded() -> T:
             started = time.monotonic()
             outcome.waited_s = started - queued
-            if deadline is not None and started >= deadline:
+            if deadline is not None and started + expected_s >= deadline:
                 outcome.skipped_expired = True
                 raise DeadlineExpiredError(
-                    f"deadline passed after {outcome.waited_s * 1e3:.1f} ms waiting for a "
-                    f"decode thread; the image was not decoded"
+                    f"deadline left {max(deadline - started, 0) * 1e3:.1f} ms after "
+                    f"{outcome.waited_s * 1e3:.1f} ms waiting for a decode thread, and a decode "
+                    f"takes {expected_s * 1e3:.1f} ms; the image was not decoded"
                 )
             try:
                 return work()

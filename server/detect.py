@@ -258,7 +258,8 @@ class DetectCore:
         record.decode = outcome = DecodeOutcome()
         work = functools.partial(_prepare, request.image, model.manifest, self.max_pixels)
         try:
-            return await self.decoder.run(work, deadline, outcome, finished)
+            return await self.decoder.run(work, deadline, outcome, finished,
+                                          admission.times.decode_s or 0.0)
         finally:
             record.preprocess_ms = (outcome.waited_s + outcome.decode_s) * 1e3
             if outcome.decoded:

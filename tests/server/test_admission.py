@@ -168,6 +168,12 @@ async def test_decode_pool_skips_work_whose_deadline_passed_while_queued() -> No
         fresh = DecodeOutcome()
         assert await pool.run(lambda: 7, time.monotonic() + WAIT_S, fresh, lambda: None) == 7
         assert fresh.decoded and not fresh.after_deadline
+        # Time left, but less than a decode takes: skipped, not decoded for nobody.
+        short = DecodeOutcome()
+        with pytest.raises(DeadlineExpiredError, match=r"a decode takes 60000\.0 ms"):
+            await pool.run(lambda: calls.append(2), time.monotonic() + WAIT_S, short,
+                           lambda: None, expected_s=60.0)
+        assert calls == [] and short.skipped_expired and not short.decoded
     finally:
         pool.close()
 
