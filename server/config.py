@@ -72,7 +72,12 @@ class ServerConfig:
 
     @property
     def decode_thread_count(self) -> int:
-        return self.decode_threads or os.cpu_count() or 1
+        """`decode_threads`, else the CPUs this process may run on (a container's or taskset's
+        limit, where os.cpu_count() would report the whole host)."""
+        if self.decode_threads:
+            return self.decode_threads
+        affinity = getattr(os, "sched_getaffinity", None)
+        return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 SCALAR_FIELDS = tuple(f.name for f in fields(ServerConfig) if f.name != "models")
