@@ -80,8 +80,11 @@ async def test_request_overrides_filter_and_limit(start: Callable[..., Any]) -> 
 async def test_concurrent_requests_share_batches(
     start: Callable[..., Any], tiny_package: Path
 ) -> None:
+    # A fixed window: the adaptive one (test_admission.py) would not wait for a request still
+    # on the network, so on a busy machine the four could split into smaller batches.
     config = server_config(blocks_model(tiny_package, max_batch_size=4,
-                                        preferred_batch_sizes=(4,), max_queue_delay_s=5.0))
+                                        preferred_batch_sizes=(4,), max_queue_delay_s=5.0,
+                                        adaptive_window=False))
     run = await start(config)
     images = [blocks_image(64, 64, [(32 * (i % 2), 32 * (i // 2), i % 3)]) for i in range(4)]
     replies = await asyncio.gather(*(run.stub.Detect(request_for(im, frame_id=i))
