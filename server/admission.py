@@ -132,6 +132,10 @@ class ModelAdmission:
         return self.counts.decoding
 
     @property
+    def engines_busy(self) -> bool:
+        return len(self.load.running) >= self.instances
+
+    @property
     def waiting(self) -> int:
         """Admitted requests not yet in an engine (decode and batcher queue)."""
         return self.held - self.load.running_items
@@ -141,9 +145,8 @@ class ModelAdmission:
         the batch that ends first when every engine is busy, one full batch per round of
         requests waiting ahead, and the decode backlog."""
         engine_free_s = 0.0
-        running = self.load.running
-        if len(running) >= self.instances:
-            started, size = min(running)
+        if self.engines_busy:
+            started, size = min(self.load.running)
             elapsed = time.monotonic() - started
             engine_free_s = max(self.times.batch_time_s(size) - elapsed, 0.0)
         rounds = self.waiting // self.slots_per_round
@@ -157,7 +160,7 @@ class ModelAdmission:
         full one; otherwise the requests waiting ahead of it and itself. A request admitted
         with room for only a small batch would make the batcher cut batches short (see
         Batcher._fits_deadlines) and the engine would lose its batching."""
-        if len(self.load.running) >= self.instances:
+        if self.engines_busy:
             own = self.max_batch_size
         else:
             own = min(self.waiting % self.slots_per_round + 1, self.max_batch_size)

@@ -14,7 +14,7 @@ import grpc
 
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
-from detserve.server.admission import PUSHBACK_KEY
+from detserve.server.admission import PUSHBACK_KEY, Rejected
 from detserve.server.detect import DetectCore, deadline_from
 from detserve.server.errors import RequestError
 from detserve.server.registry import ModelRegistry, ServedModel
@@ -123,9 +123,9 @@ class DetectorService(pb_grpc.DetectorServicer):
                 # are the hot path, and this halves what one costs the event loop.
                 context.set_code(exc.code)
                 context.set_details(exc.message)
-                retry_s = getattr(exc, "retry_after_s", None)
-                if retry_s:
-                    context.set_trailing_metadata(((PUSHBACK_KEY, str(math.ceil(retry_s * 1e3))),))
+                if isinstance(exc, Rejected) and exc.retry_after_s:
+                    ms = str(math.ceil(exc.retry_after_s * 1e3))
+                    context.set_trailing_metadata(((PUSHBACK_KEY, ms),))
                 return pb.DetectResponse()
 
     async def DetectStream(

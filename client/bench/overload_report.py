@@ -14,7 +14,9 @@ from detserve.client.bench.report import markdown_table
 from detserve.client.bench.resultsdoc import csv_rows
 
 STATUS_COLUMNS = ("OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED", "UNAVAILABLE")
-REJECT_REASONS = ("queue_full", "queue_wait", "deadline", "pixel_budget", "draining")
+# The reasons of detserve_rejected_total (server/admission.py REASONS; the client may not import
+# the server). Any other reason a server reports still gets a column.
+REJECT_REASONS = ("queue_full", "queue_wait", "deadline", "pixel_budget")
 _BASE_COLUMNS = (
     "phase", "factor", "rate_rps", "deadline_ms", "timeout_s", "capacity_rps", "measured", "ok",
     "goodput_rps", "goodput_ratio", "ok_p50_ms", "ok_p99_ms", "rejections", "rejection_p50_ms",
