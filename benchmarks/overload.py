@@ -17,6 +17,10 @@ first with the plain client timeout, then with a 200 ms client deadline per call
    inference ms of the phase's OK replies), RSS peak ≤ before + 300 MB, no CANCELLED; with the
    deadline goodput ≥ 0.75 × capacity and no call decoded after its deadline.
 
+With --client-nice N the load generator runs N nice levels below the server: on a machine where
+the two share the cores, the server then gets the CPU it would have with remote clients. The
+offered rate is still the generator's; "client saturated" says when it fell behind.
+
 Writes results.json (config, raw records per phase, "capacity", "phases", "targets"),
 results.csv (one row per phase) and report.md into --out.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -83,6 +88,8 @@ async def measure(args: argparse.Namespace, doc: dict[str, Any],
     async with server_process(model, setting, args.out, "overload", fields) as proc:
         if proc.proc is None:
             raise RuntimeError("the server process did not start")
+        if args.client_nice:
+            os.nice(args.client_nice)
         cap = await capacity_of(args, proc.target, requests, settings)
         capacity = cap.summary.throughput_rps
         doc["capacity"] = {"concurrency": args.capacity_concurrency, "throughput_rps": capacity}
@@ -139,6 +146,11 @@ def main() -> None:
                    help="client deadline (per-call gRPC timeout) of the second round of phases")
     p.add_argument("--timeout-s", type=float, default=10.0,
                    help="per-call timeout of the capacity run and the phases without deadline")
+    p.add_argument("--client-nice", type=int, default=0,
+                   help="lower the load generator's CPU priority by this much once the server "
+                        "runs (os.nice), so that on cores it shares with the server it takes "
+                        "what the server leaves, as clients on other machines would; the "
+                        "server keeps normal priority. Recorded in results.json")
     p.set_defaults(duration_s=30.0)
     args = p.parse_args()
     setting = batch_setting(args)

@@ -105,6 +105,10 @@ class InServer:
 
     held: int = 0  # admitted, not yet answered
     decoding: int = 0  # of those, waiting for or in decode
+    refused_at: float = -math.inf  # time.monotonic() of the last refusal by a bound or deadline
+
+    def refused_within(self, seconds: float) -> bool:
+        return time.monotonic() - self.refused_at < seconds
 
 
 class ModelAdmission:
@@ -168,10 +172,14 @@ class ModelAdmission:
 
     def admit(self, deadline: float | None, held: bool = False) -> None:
         """Count the request in, or raise Rejected naming the bound it hit."""
-        if not held:
-            self._check_bounds()
-        if deadline is not None:
-            self._check_deadline(deadline)
+        try:
+            if not held:
+                self._check_bounds()
+            if deadline is not None:
+                self._check_deadline(deadline)
+        except Rejected:
+            self.counts.refused_at = time.monotonic()
+            raise
         self.counts.held += 1
         self.counts.decoding += 1
 

@@ -13,11 +13,11 @@ Rules (DESIGN.md "Batching semantics"):
 - Deadlines are checked when a request leaves the queue (and by a timer while it waits), so an
   expired request never reaches `run_batch`.
 - A cancelled request is dropped before its batch runs.
-- With `batch_time_s` (expected seconds of a batch of n, as measured), a batch is cut to the
-  largest size whose expected run still ends before every member's deadline, the rest staying
-  at the head of the queue, and a request that could not finish even alone fails now rather
-  than spend engine time on an answer nobody will read. Tight deadlines then get smaller,
-  faster batches instead of full ones that miss.
+- With `batch_time_s` (expected seconds of a batch of n, as measured), a request that could not
+  finish even alone fails now rather than spend engine time on an answer nobody will read, and
+  the batch is chosen by `batch_choice.choose_members`: normally cut to what ends before its
+  members' deadlines; under pressure (more waiting than a batch takes, or `shedding`: the
+  server is refusing requests), the members that answer the most in time per engine second.
 - `instances` worker threads: batch N+1 forms while batch N runs.
 - Each batch sits in one exception boundary: no future is ever left without an answer.
 """
@@ -27,14 +27,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import math
+import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from detserve.server.batch_choice import choose_members
 from detserve.server.batching_config import BatchingConfig
+
+_CHOICE_WINDOW = 4  # batches' worth of the queue head that the deadline-aware choice looks at
 
 __all__ = ["BatchOutcome", "Batcher", "BatcherClosedError", "BatchingConfig",
            "DeadlineExpiredError", "QueueFullError"]
@@ -99,6 +102,7 @@ class Batcher(Generic[T, R]):
         on_batch: Callable[[int, float], None] | None = None,
         coming: Callable[[], int] | None = None,
         batch_time_s: Callable[[int], float] | None = None,
+        shedding: Callable[[], bool] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.config = config
@@ -110,6 +114,7 @@ class Batcher(Generic[T, R]):
         self._on_batch = on_batch
         self._coming = coming
         self._batch_time_s = batch_time_s
+        self._shedding = shedding
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._form_lock = asyncio.Lock()
@@ -277,10 +282,30 @@ class Batcher(Generic[T, R]):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     def _take(self, size: int) -> list[_Pending[T, R]]:
-        batch: list[_Pending[T, R]] = []
         now = time.monotonic()
-        while self._queue and len(batch) < size:
-            pending = self._queue.popleft()
+        self._drop_unrunnable(now)
+        if self._batch_time_s is None:
+            chosen = list(range(min(size, len(self._queue))))
+        else:
+            # Looking further than a few batches ahead would not change the choice.
+            window = list(itertools.islice(self._queue, _CHOICE_WINDOW * size))
+            left = [None if p.deadline is None else p.deadline - now for p in window]
+            pressed = len(self._queue) > size or (
+                self._shedding is not None and self._shedding())
+            chosen = choose_members(left, size, self._batch_time_s, pressed)
+        picked = set(chosen)
+        batch = [p for i, p in enumerate(self._queue) if i in picked]
+        self._queue = collections.deque(
+            p for i, p in enumerate(self._queue) if i not in picked)
+        for pending in batch:
+            if pending.timer is not None:
+                pending.timer.cancel()
+        return batch
+
+    def _drop_unrunnable(self, now: float) -> None:
+        """Drop cancelled requests and fail those that cannot finish even alone."""
+        kept: collections.deque[_Pending[T, R]] = collections.deque()
+        for pending in self._queue:
             if pending.future.done():  # cancelled by its caller
                 if pending.timer is not None:
                     pending.timer.cancel()
@@ -289,14 +314,8 @@ class Batcher(Generic[T, R]):
             if error is not None:
                 self._settle_error(pending, error)
                 continue
-            batch.append(pending)
-        fits = self._fits_deadlines(batch, now)
-        for pending in reversed(batch[fits:]):  # back to the head of the queue, in order
-            self._queue.appendleft(pending)
-        for pending in batch[:fits]:
-            if pending.timer is not None:
-                pending.timer.cancel()
-        return batch[:fits]
+            kept.append(pending)
+        self._queue = kept
 
     def _hopeless(self, pending: _Pending[T, R], now: float) -> DeadlineExpiredError | None:
         """Why `pending` cannot be answered in time (expired, or too little time left for a
@@ -314,18 +333,6 @@ class Batcher(Generic[T, R]):
             f"{(now - pending.enqueued_at) * 1e3:.0f} ms in the queue, and a batch of one takes "
             f"{alone_s * 1e3:.0f} ms; not run"
         )
-
-    def _fits_deadlines(self, batch: list[_Pending[T, R]], now: float) -> int:
-        """The largest n whose expected batch time ends before the first n's deadlines."""
-        if self._batch_time_s is None:
-            return len(batch)
-        earliest = math.inf
-        for n, pending in enumerate(batch, start=1):
-            if pending.deadline is not None:
-                earliest = min(earliest, pending.deadline)
-            if n > 1 and now + self._batch_time_s(n) > earliest:
-                return n - 1
-        return len(batch)
 
     # -- running ---------------------------------------------------------------------------
 

@@ -72,3 +72,26 @@ async def test_without_deadlines_batches_stay_full() -> None:
     finally:
         await batcher.stop()
     assert rec.batches == [[0], [1, 2, 3, 4]]
+
+
+
+async def test_with_a_backlog_a_tight_request_is_passed_over_for_a_full_batch() -> None:
+    rec = Recorder(gated=True)
+    times_s = {1: 1.0, 2: 2.0, 3: 2.5, 4: 3.0}  # a batch of four answers the most per second
+    cfg = BatchingConfig(max_batch_size=4, max_queue_delay_s=0.0)
+    batcher: Batcher[int, int] = Batcher(rec, cfg, name="t", batch_time_s=times_s.__getitem__)
+    await batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(0))  # holds the engine
+        assert await rec.next_batch() == [0]
+        tight = asyncio.ensure_future(batcher.submit(1, time.monotonic() + 2.8))  # < 3 s
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3, 4, 5, 6)]
+        await until(lambda: batcher.queue_depth() == 6)
+        rec.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(first, tight, *rest), WAIT_S)
+    finally:
+        await batcher.stop()
+    assert [r.value for r in results] == [0, 10, 20, 30, 40, 50, 60]
+    # Six waiting, more than a batch takes: [1, 2, 3] would answer 1.2 per second, the four
+    # behind the tight one 1.33; it runs next, still in time (the recorder runs at once).
+    assert rec.batches == [[0], [2, 3, 4, 5], [1, 6]]
