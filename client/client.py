@@ -1,6 +1,10 @@
 """Python clients for the detserve gRPC service: `DetectClient` (blocking) and
 `AsyncDetectClient` (grpc.aio). Both return typed results (detserve.client.results) and raise
 `DetectError` carrying the gRPC status code when a call fails.
+
+Images: a file path, encoded bytes (JPEG/PNG as they are; grey, RGBA, 16-bit, WebP, BMP, TIFF
+converted locally), or a numpy frame. NUMPY FRAMES ARE BGR BY DEFAULT, the OpenCV convention
+(cv2.imread, cv2.VideoCapture); send an RGB array with DetectOptions(pixel_format="RGB8").
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from detserve.client.images import ImageInput, PixelFormat, to_image
+from detserve.client.images import DEFAULT_PIXEL_FORMAT, ImageInput, PixelFormat, to_image
 from detserve.client.results import (
     DetectError,
     DetectResult,
@@ -30,14 +34,17 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class DetectOptions:
-    """Per-request settings; None falls back to the model's manifest values on the server."""
+    """Per-request settings; None falls back to the model's manifest values on the server.
+
+    `pixel_format` is the channel order of numpy frames: "BGR8" (the default, OpenCV's order)
+    or "RGB8"; grey (HxW) frames go as GRAY8 either way."""
 
     model: str = ""
     score_threshold: float | None = None
     iou_threshold: float | None = None
     max_detections: int | None = None
     class_ids: tuple[int, ...] = ()
-    pixel_format: PixelFormat = "RGB8"  # for numpy frames
+    pixel_format: PixelFormat = DEFAULT_PIXEL_FORMAT  # numpy frames: BGR unless told "RGB8"
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,21 @@ class _SentTimes:
         return 0.0 if sent is None else (time.perf_counter() - sent) * 1000.0
 
 
+class _FrameSourceFailure:
+    """An exception raised by the caller's frames (a bad frame, a failing camera).
+
+    Raised inside the request iterator, gRPC would log a traceback and end the call with UNKNOWN
+    "Exception iterating requests!"; instead the request stream ends there, the frames already
+    sent are answered, and the caller gets its own exception."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    def reraise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 class DetectClient:
     """Blocking client. Use as a context manager or call close()."""
 
@@ -145,15 +167,21 @@ class DetectClient:
         """Send frames over one DetectStream (frame ids 1, 2, ...) and yield replies in order.
 
         `policy` ("block" or "latest") overrides the server's stream policy for this stream.
-        A failed frame yields a result with `error` set; a failed stream raises DetectError."""
+        A failed frame yields a result with `error` set; a failed stream raises DetectError.
+        An exception from `frames` itself ends the stream: the frames sent before it are
+        answered, then that exception is raised as it is."""
         opts = options or DetectOptions()
         sent = _SentTimes()
+        failure = _FrameSourceFailure()
 
         def requests() -> Iterator[pb.DetectRequest]:
-            for frame_id, frame in enumerate(frames, start=1):
-                req = build_request(frame, opts, frame_id=frame_id)
-                sent.mark(frame_id)
-                yield req
+            try:
+                for frame_id, frame in enumerate(frames, start=1):
+                    req = build_request(frame, opts, frame_id=frame_id)
+                    sent.mark(frame_id)
+                    yield req
+            except Exception as err:  # re-raised below, after the frames already sent
+                failure.error = err
 
         try:
             replies = self._stub.DetectStream(requests(), timeout=timeout_s,
@@ -162,6 +190,7 @@ class DetectClient:
                 yield result_from_proto(reply, sent.latency_ms(int(reply.frame_id)))
         except grpc.RpcError as err:
             raise DetectError.from_rpc_error(err) from None
+        failure.reraise()
 
     def list_models(self) -> ModelList:
         try:
@@ -249,13 +278,18 @@ class AsyncDetectClient:
         opts = options or DetectOptions()
         sent = _SentTimes()
 
+        failure = _FrameSourceFailure()
+
         async def requests() -> AsyncIterator[pb.DetectRequest]:
             frame_id = 0
-            async for frame in _aiter(frames):
-                frame_id += 1
-                req = build_request(frame, opts, frame_id=frame_id)
-                sent.mark(frame_id)
-                yield req
+            try:
+                async for frame in _aiter(frames):
+                    frame_id += 1
+                    req = build_request(frame, opts, frame_id=frame_id)
+                    sent.mark(frame_id)
+                    yield req
+            except Exception as err:  # re-raised below, after the frames already sent
+                failure.error = err
 
         call = self._stub.DetectStream(requests(), timeout=timeout_s,
                                        metadata=_policy_metadata(policy))
@@ -266,6 +300,7 @@ class AsyncDetectClient:
             raise DetectError.from_rpc_error(err) from None
         finally:
             call.cancel()
+        failure.reraise()
 
     async def list_models(self) -> ModelList:
         try:

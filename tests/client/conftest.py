@@ -2,7 +2,8 @@
 
 The sync DetectClient blocks its caller, so the server cannot share the test's event loop.
 `SlowEngine` is the real blocks OrtEngine plus a fixed sleep per batch: a server with a known,
-small capacity, for coordinated-omission tests.
+small capacity, for coordinated-omission tests. `default_server` serves the committed default
+model (OpenVINO INT8 shapes@320) with the server's own engine factory, for tests on real scenes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,20 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+import detserve.models
 from detserve.engines.base import Engine
 from detserve.engines.manifest import Manifest, ModelPackage
 from detserve.engines.ort import OrtEngine
 from detserve.server.app import Server, start_server
 from detserve.server.batcher import BatchingConfig
-from detserve.server.config import ModelConfig, ServerConfig
+from detserve.server.config import ModelConfig, ServerConfig, load_config
+from detserve.server.registry import default_engine_factory
 
 CELL = 32
+DEFAULT_PACKAGE = Path(detserve.models.__file__).parent / "packages" / "shapes_320_int8"
+needs_default_package = pytest.mark.skipif(
+    not (DEFAULT_PACKAGE / "manifest.yaml").is_file(),
+    reason=f"default model package not present at {DEFAULT_PACKAGE}")
 
 
 def blocks_image(width: int, height: int,
@@ -135,3 +142,19 @@ def blocks_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i, blocks in enumerate(layouts):
         (root / f"img{i}.png").write_bytes(png_bytes(blocks_image(64, 64, blocks)))
     return root
+
+
+class RealEngineServer(ThreadedServer):
+    """ThreadedServer with the server's own engine factory (the config's engine and options)."""
+
+    def _factory(self, package: ModelPackage, kind: str, options: Mapping[str, Any]) -> Engine:
+        return default_engine_factory(package, kind, options)
+
+
+@pytest.fixture(scope="session")
+def default_server() -> Iterator[ThreadedServer]:
+    """The packaged default.yaml's default model, with its engine, options and batching."""
+    default = next(m for m in load_config(None, env={}).models if m.default)
+    srv = RealEngineServer(replace(config_for(DEFAULT_PACKAGE), models=(default,)))
+    yield srv
+    srv.stop()

@@ -33,9 +33,11 @@ def test_sync_detect_from_path_bytes_and_array(server: ThreadedServer, tmp_path:
         client.wait_ready(10)
         from_path = client.detect(path, request_id="p", frame_id=3)
         from_bytes = client.detect(png_bytes(image))
-        from_array = client.detect(image)
-        from_bgr = client.detect(np.ascontiguousarray(image[:, :, ::-1]),
-                                 DetectOptions(pixel_format="BGR8"))
+        from_array = client.detect(image, DetectOptions(pixel_format="RGB8"))
+        from_bgr = client.detect(np.ascontiguousarray(image[:, :, ::-1]))  # BGR: the default
+        rgb_as_bgr = client.detect(image)  # an RGB array without pixel_format="RGB8"
+    # The default is OpenCV's order, so an RGB array sent as it is has red and blue swapped.
+    assert [d.label for d in rgb_as_bgr.detections] == ["blue", "red"]
     for result in (from_path, from_bytes, from_array, from_bgr):
         assert _boxes(result) == want
         assert result.model == "blocks@64" and result.batch_size >= 1
@@ -76,7 +78,7 @@ def test_unreachable_server_is_unavailable() -> None:
 
 def test_sync_stream_keeps_order_and_survives_a_bad_frame(server: ThreadedServer) -> None:
     frames: list[Any] = [blocks_image(64, 64, [(0, 0, GREEN)]), b"garbage",
-                            blocks_image(64, 64, [(32, 0, RED)])]
+                         blocks_image(64, 64, [(32, 0, RED)])[:, :, ::-1]]  # as BGR
     with DetectClient(server.target) as client:
         results = list(client.stream(frames, policy="block"))
     assert [r.frame_id for r in results] == [1, 2, 3]
@@ -155,10 +157,18 @@ def test_cli_models(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) 
 def test_cli_stream_synthetic(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
     code = client_main(["stream", "--synthetic", "--frames", "4", "--width", "96", "--height",
                         "64", "--fps", "50", "--json", "--target", server.target])
-    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    *lines, last = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert code == 0
     assert [x["frame_id"] for x in lines] == [1, 2, 3, 4]
     assert all(x["image_size"] == [96, 64] and "error" not in x for x in lines)
+    summary = last["summary"]
+    assert (summary["frames_sent"], summary["frames_answered"]) == (4, 4)
+    assert (summary["frames_dropped"], summary["frames_failed"]) == (0, 0)
+    latencies = sorted(x["latency_ms"] for x in lines)
+    assert latencies[0] <= summary["latency_p50_ms"] <= summary["latency_p99_ms"]
+    assert summary["latency_p99_ms"] <= latencies[-1] + 0.01
+    # Paced at 50 fps, 4 frames take at least 3 intervals (60 ms): no more than 4 / 0.06 s.
+    assert 0 < summary["answered_fps"] <= 4 / 0.06
 
 
 def test_cli_stream_video_file(server: ThreadedServer, tmp_path: Path,
@@ -172,8 +182,9 @@ def test_cli_stream_video_file(server: ThreadedServer, tmp_path: Path,
         writer.write(np.ascontiguousarray(frame[:, :, ::-1]))  # VideoWriter takes BGR
     writer.release()
     code = client_main(["stream", str(path), "--json", "--target", server.target])
-    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    *lines, last = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert code == 0 and len(lines) == 3
+    assert last["summary"]["frames_answered"] == 3
     for line in lines:  # sent as BGR8 raw frames: the red block must stay red
         assert [d["label"] for d in line["detections"]] == ["red"]
         assert line["detections"][0]["bbox"] == [0.0, 0.0, 32.0, 32.0]

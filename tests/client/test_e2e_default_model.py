@@ -5,26 +5,16 @@ labels). Runs once the trained package models/packages/shapes_320 is committed."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-import detserve.models
 from detserve.client.cli import main as client_main
-from detserve.engines.base import Engine
-from detserve.engines.manifest import ModelPackage
-from detserve.server.config import load_config
-from detserve.server.registry import default_engine_factory
 
-from .conftest import ThreadedServer, config_for, png_bytes
+from .conftest import ThreadedServer, needs_default_package, png_bytes
 
-PACKAGE = Path(detserve.models.__file__).parent / "packages" / "shapes_320_int8"
-needs_package = pytest.mark.skipif(not (PACKAGE / "manifest.yaml").is_file(),
-                                   reason=f"default model package not present at {PACKAGE}")
+needs_package = needs_default_package
 
 
 def iou(a: list[float], b: list[float]) -> float:
@@ -39,22 +29,6 @@ def test_iou_by_hand() -> None:
     assert iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
     assert iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
     assert iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
-
-
-class RealEngineServer(ThreadedServer):
-    """ThreadedServer with the server's own engine factory (the config's engine and options)."""
-
-    def _factory(self, package: ModelPackage, kind: str, options: Mapping[str, Any]) -> Engine:
-        return default_engine_factory(package, kind, options)
-
-
-@pytest.fixture(scope="module")
-def default_server() -> Iterator[ThreadedServer]:
-    # The packaged default.yaml's default model, with its engine, options and batching.
-    default = next(m for m in load_config(None, env={}).models if m.default)
-    srv = RealEngineServer(replace(config_for(PACKAGE), models=(default,)))
-    yield srv
-    srv.stop()
 
 
 @needs_package

@@ -119,7 +119,7 @@ def test_build_request_sets_optional_fields_only_when_given() -> None:
     assert list(req.class_ids) == [1, 2]
     assert (req.model, req.request_id, req.frame_id) == ("m@1", "x", 3)
     assert (req.image.raw.height, req.image.raw.width) == (4, 6)
-    assert req.image.raw.pixel_format == pb.PIXEL_FORMAT_RGB8
+    assert req.image.raw.pixel_format == pb.PIXEL_FORMAT_BGR8  # numpy frames: OpenCV's order
     assert len(req.image.raw.data) == 4 * 6 * 3
 
 
@@ -139,8 +139,10 @@ def test_image_inputs(tmp_path: Path) -> None:
 def test_bad_inputs_name_the_value(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="float32"):
         image_from_array(np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(ValueError, match=r"\(4, 4\)"):
-        image_from_array(np.zeros((4, 4), np.uint8), "RGB8")
+    with pytest.raises(ValueError, match=r"\(4, 4, 3\)"):
+        image_from_array(np.zeros((4, 4, 3), np.uint8), "GRAY8")
+    with pytest.raises(ValueError, match=r"\(4, 4, 2\)"):
+        image_from_array(np.zeros((4, 4, 2), np.uint8))
     with pytest.raises(ValueError, match="'YUV'"):
         image_from_array(np.zeros((4, 4, 3), np.uint8), cast(Any, "YUV"))
     with pytest.raises(FileNotFoundError, match=r"missing\.jpg"):
