@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detserve.engines.base import Letterbox, PreparedImage
-from detserve.engines.manifest import Manifest
+from detserve.engines.manifest import ColorOrder, Manifest
 
 # Below this side an image carries no detectable object; 1x1 "images" are a classic probe.
 MIN_IMAGE_SIDE = 8
@@ -31,6 +31,28 @@ _JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}
 _JPEG_SOS = 0xDA
 # PNG colour types: 0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA.
 _PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Decoded pixels, HxWx3 uint8, and their channel order."""
+
+    pixels: npt.NDArray[np.uint8]
+    order: ColorOrder
+
+    def to_rgb(self) -> npt.NDArray[np.uint8]:
+        if self.order == "RGB":
+            return self.pixels
+        return np.asarray(cv2.cvtColor(self.pixels, cv2.COLOR_BGR2RGB), np.uint8)
+
+
+@dataclass(frozen=True)
+class PreparedPixels:
+    """One image letterboxed to the model's input size: uint8 [H, W, 3] in the manifest's
+    colour order, before normalisation."""
+
+    pixels: npt.NDArray[np.uint8]
+    letterbox: Letterbox
 
 
 class ImageError(ValueError):
@@ -165,8 +187,9 @@ def check_raw(data: bytes, height: int, width: int, pixel_format: str, max_pixel
     return channels
 
 
-def decode_encoded(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """JPEG/PNG bytes -> HxWx3 uint8 RGB, refusing what the server does not accept."""
+def decode_encoded_native(data: bytes, max_pixels: int) -> DecodedImage:
+    """JPEG/PNG bytes -> HxWx3 uint8 in OpenCV's BGR order, refusing what the server does not
+    accept. No colour conversion at full size: prepare_pixels reorders after the resize."""
     header = check_encoded(data, max_pixels)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -183,19 +206,30 @@ def decode_encoded(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
             f"{header.format} image header says {header.width}x{header.height} but it decodes "
             f"to {image.shape[1]}x{image.shape[0]}"
         )
-    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), np.uint8)
+    return DecodedImage(np.asarray(image, np.uint8), "BGR")
+
+
+def decode_encoded(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """JPEG/PNG bytes -> HxWx3 uint8 RGB, refusing what the server does not accept."""
+    return decode_encoded_native(data, max_pixels).to_rgb()
+
+
+def decode_raw_native(
+    data: bytes, height: int, width: int, pixel_format: str, max_pixels: int
+) -> DecodedImage:
+    """A raw frame -> HxWx3 uint8 in its own order (a read-only view); GRAY8 replicated."""
+    channels = check_raw(data, height, width, pixel_format, max_pixels)
+    pixels = np.frombuffer(data, np.uint8).reshape(height, width, channels)
+    if pixel_format == "GRAY8":
+        return DecodedImage(np.asarray(cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB), np.uint8), "RGB")
+    return DecodedImage(pixels, "BGR" if pixel_format == "BGR8" else "RGB")
 
 
 def decode_raw(
     data: bytes, height: int, width: int, pixel_format: str, max_pixels: int
 ) -> npt.NDArray[np.uint8]:
     """A raw frame -> HxWx3 uint8 RGB (GRAY8 replicated). RGB8 returns a read-only view."""
-    channels = check_raw(data, height, width, pixel_format, max_pixels)
-    pixels = np.frombuffer(data, np.uint8).reshape(height, width, channels)
-    if pixel_format == "RGB8":
-        return pixels
-    code = cv2.COLOR_BGR2RGB if pixel_format == "BGR8" else cv2.COLOR_GRAY2RGB
-    return np.asarray(cv2.cvtColor(pixels, code), np.uint8)
+    return decode_raw_native(data, height, width, pixel_format, max_pixels).to_rgb()
 
 
 def _letterbox_geometry(w: int, h: int, in_w: int, in_h: int) -> tuple[int, int, int, int]:
@@ -210,8 +244,10 @@ def _letterbox_geometry(w: int, h: int, in_w: int, in_h: int) -> tuple[int, int,
 
 
 def _resize_into_canvas(
-    image: npt.NDArray[np.uint8], manifest: Manifest
+    image: npt.NDArray[np.uint8], manifest: Manifest, reorder: bool
 ) -> tuple[npt.NDArray[np.uint8], Letterbox]:
+    """The letterboxed (or stretched) model-size canvas; `reorder` swaps R and B, done here at
+    model size rather than on the full-size image."""
     h, w = image.shape[:2]
     in_w, in_h = manifest.input_width, manifest.input_height
     if manifest.preprocess.resize == "stretch":
@@ -225,8 +261,10 @@ def _resize_into_canvas(
         if (new_w, new_h) == (w, h)
         else np.asarray(cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR), np.uint8)
     )
+    if reorder:
+        resized = np.asarray(cv2.cvtColor(resized, cv2.COLOR_BGR2RGB), np.uint8)
     if (new_w, new_h) == (in_w, in_h):
-        return resized, box
+        return np.ascontiguousarray(resized), box
     pad = manifest.preprocess.pad_value
     if pad > 255:
         raise ValueError(f"manifest field 'preprocess.pad_value' must be <= 255, got {pad}")
@@ -235,25 +273,42 @@ def _resize_into_canvas(
     return canvas, box
 
 
+def prepare_pixels(
+    image: npt.NDArray[np.uint8], manifest: Manifest, order: ColorOrder = "RGB"
+) -> PreparedPixels:
+    """Letterbox (or stretch) an HxWx3 uint8 image in `order` into the model-size uint8 canvas,
+    in the manifest's colour order: what engines that normalise in their graph take."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f"prepare needs an HxWx3 uint8 image, got {image.dtype} {image.shape}")
+    if min(image.shape[:2]) < 1:
+        raise ImageError(f"image is empty: shape {image.shape}")
+    canvas, box = _resize_into_canvas(image, manifest, order != manifest.preprocess.color_order)
+    return PreparedPixels(canvas, box)
+
+
+def pixels_to_tensor(batch: npt.NDArray[np.uint8], manifest: Manifest) -> npt.NDArray[np.float32]:
+    """[B, H, W, 3] uint8 canvases (manifest colour order) -> the model's float32 [B, 3, H, W]."""
+    n, h, w, _ = batch.shape
+    pre = manifest.preprocess
+    # One (B*H, W, 3) image for cv2.split: contiguous planes, about twice as fast as a strided
+    # transpose.
+    planes = cv2.split(np.ascontiguousarray(batch).reshape(n * h, w, 3))
+    tensor = np.empty((n, 3, h, w), np.float32)
+    # (x * scale - mean) / std == x * (scale / std) - mean / std: a multiply and maybe a subtract.
+    for c in range(3):
+        out = tensor[:, c]
+        out[...] = planes[c].reshape(n, h, w)
+        out *= np.float32(pre.scale / pre.std[c])
+        if pre.mean[c]:
+            out -= np.float32(pre.mean[c] / pre.std[c])
+    return tensor
+
+
 def prepare(image_rgb: npt.NDArray[np.uint8], manifest: Manifest) -> PreparedImage:
     """Letterbox (or stretch) an HxWx3 uint8 RGB image into the manifest's float32 [3,H,W]."""
     if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise ImageError(
             f"prepare needs an HxWx3 uint8 RGB image, got {image_rgb.dtype} {image_rgb.shape}"
         )
-    if min(image_rgb.shape[:2]) < 1:
-        raise ImageError(f"image is empty: shape {image_rgb.shape}")
-    canvas, box = _resize_into_canvas(image_rgb, manifest)
-    pre = manifest.preprocess
-    planes = cv2.split(canvas)  # contiguous planes: about twice as fast as a strided transpose
-    if pre.color_order == "BGR":
-        planes = planes[::-1]
-    tensor = np.empty((3, manifest.input_height, manifest.input_width), np.float32)
-    # (x * scale - mean) / std == x * (scale / std) - mean / std: a multiply and maybe a subtract.
-    for c in range(3):
-        out = tensor[c]
-        out[...] = planes[c]
-        out *= np.float32(pre.scale / pre.std[c])
-        if pre.mean[c]:
-            out -= np.float32(pre.mean[c] / pre.std[c])
-    return PreparedImage(tensor=tensor, letterbox=box)
+    pixels = prepare_pixels(image_rgb, manifest, "RGB")
+    return PreparedImage(pixels_to_tensor(pixels.pixels[None], manifest)[0], pixels.letterbox)

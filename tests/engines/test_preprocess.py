@@ -18,8 +18,12 @@ from detserve.engines.preprocess import (
     ImageError,
     ImageTooLargeError,
     decode_encoded,
+    decode_encoded_native,
     decode_raw,
+    decode_raw_native,
+    pixels_to_tensor,
     prepare,
+    prepare_pixels,
     read_header,
 )
 
@@ -203,3 +207,36 @@ def test_colour_order_scale_mean_std() -> None:
 def test_prepare_rejects_non_rgb() -> None:
     with pytest.raises(ImageError, match=r"HxWx3 uint8 RGB image, got uint8 \(10, 10\)"):
         prepare(np.zeros((10, 10), np.uint8), manifest())
+
+
+@pytest.mark.parametrize("model_order", ["RGB", "BGR"])
+def test_native_decode_and_pixels_equal_the_rgb_path(model_order: str) -> None:
+    # The server's path (BGR decode, reorder at model size, normalise per batch) gives the same
+    # floats as the RGB path (RGB decode, prepare) for JPEG and for every raw format.
+    m = manifest(color_order=model_order, scale=0.5, mean=(1.0, 2.0, 3.0), std=(2.0, 4.0, 8.0))
+    rgb = photo(100, 50)
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    jpeg = encode(".jpg", bgr)
+    cases = [
+        (decode_encoded_native(jpeg, LIMIT), decode_encoded(jpeg, LIMIT)),
+        (decode_raw_native(rgb.tobytes(), 50, 100, "RGB8", LIMIT), rgb),
+        (decode_raw_native(bgr.tobytes(), 50, 100, "BGR8", LIMIT), rgb),
+    ]
+    for native, want_rgb in cases:
+        np.testing.assert_array_equal(native.to_rgb(), want_rgb)
+        prepared = prepare_pixels(native.pixels, m, native.order)
+        want = prepare(want_rgb, m)
+        assert prepared.pixels.dtype == np.uint8 and prepared.pixels.shape == (64, 64, 3)
+        assert prepared.letterbox == want.letterbox
+        got = pixels_to_tensor(prepared.pixels[None], m)[0]
+        np.testing.assert_array_equal(got, want.tensor)
+
+
+def test_pixels_to_tensor_keeps_images_of_a_batch_apart() -> None:
+    m = manifest()
+    images = [np.full((64, 64, 3), v, np.uint8) for v in (0, 51, 255)]
+    batch = np.stack([prepare_pixels(i, m).pixels for i in images])
+    tensor = pixels_to_tensor(batch, m)
+    assert tensor.shape == (3, 3, 64, 64)
+    means = [float(tensor[k].mean()) for k in range(3)]
+    np.testing.assert_allclose(means, [0.0, 0.2, 1.0], rtol=1e-6)
