@@ -48,10 +48,12 @@ def draw_detections(image: BgrImage, detections: Sequence[Detection]) -> BgrImag
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
         text = f"{det.label} {det.score:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        # The label sits on a filled tab above the box, or inside it at the top edge.
+        # The label sits on a filled tab above the box (inside it at the image's top edge),
+        # moved left as far as needed to stay in the image.
         top = y1 - th - base if y1 - th - base >= 0 else y1
-        cv2.rectangle(out, (x1, top), (x1 + tw, top + th + base), color, cv2.FILLED)
-        cv2.putText(out, text, (x1, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+        left = max(0, min(x1, out.shape[1] - tw))
+        cv2.rectangle(out, (left, top), (left + tw, top + th + base), color, cv2.FILLED)
+        cv2.putText(out, text, (left, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
                     thick, cv2.LINE_AA)
     return out
 

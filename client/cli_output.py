@@ -34,8 +34,8 @@ class UsageError(Exception):
 def unavailable_hint(target: str, err: DetectError) -> str:
     if "shutting down" in err.details:
         return f"the server at {target} is shutting down; retry once it is back"
-    return (f"is the server running at {target}? Start one with `detserve-server` "
-            f"(or `bash run.sh serve`), or point --target at it")
+    return (f"is the server running at {target}? Start one with `detserve-server` or "
+            f"`bash run.sh serve`, or point --target at it")
 
 
 def error_json(err: BaseException, target: str) -> dict[str, Any]:
@@ -107,7 +107,7 @@ class Output:
         if self.as_json:
             self._json({"error": error_json(err, self.target)})
         elif isinstance(err, DetectError) and unavailable:
-            print(f"error: {err} ({unavailable_hint(self.target, err)})", file=sys.stderr)
+            print(f"error: {err} — {unavailable_hint(self.target, err)}", file=sys.stderr)
         else:
             print(f"error: {err}", file=sys.stderr)
         return code
