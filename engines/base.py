@@ -68,3 +68,18 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PixelEngine(Protocol):
+    """An engine that can take the letterboxed uint8 canvases as they are and normalise them in
+    its own graph (OpenVINO's PrePostProcessor): no float copy of each image on the host."""
+
+    @property
+    def takes_pixels(self) -> bool:
+        """Whether infer_pixels runs on a uint8 input (else it would only convert)."""
+        ...
+
+    def infer_pixels(self, batch: npt.NDArray[np.uint8]) -> Sequence[npt.NDArray[np.generic]]:
+        """Run `batch` (`[B, H, W, 3]` uint8, the manifest's colour order)."""
+        ...

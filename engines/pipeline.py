@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from detserve.engines.base import DecodeParams, Engine
+from detserve.engines.base import DecodeParams, Engine, PixelEngine
 from detserve.engines.decode import decode_batch
 from detserve.engines.detections import Detections
-from detserve.engines.preprocess import prepare
+from detserve.engines.preprocess import pixels_to_tensor, prepare_pixels
 
 
 def _params_per_image(
@@ -26,6 +26,14 @@ def _params_per_image(
     if len(params) != n:
         raise ValueError(f"got {len(params)} DecodeParams for {n} images")
     return list(params)
+
+
+def infer_pixels(engine: Engine, batch: npt.NDArray[np.uint8]) -> Sequence[npt.NDArray[np.generic]]:
+    """Run `batch` ([B, H, W, 3] uint8 canvases in the manifest's colour order): on the engine's
+    own uint8 input where it has one (normalised in its graph), else normalised here."""
+    if isinstance(engine, PixelEngine) and engine.takes_pixels:
+        return engine.infer_pixels(batch)
+    return engine.infer(pixels_to_tensor(batch, engine.manifest))
 
 
 def detect_images(
@@ -44,9 +52,8 @@ def detect_images(
     results: list[Detections] = []
     step = manifest.max_batch_size
     for start in range(0, len(images_rgb), step):
-        prepared = [prepare(img, manifest) for img in images_rgb[start : start + step]]
-        batch = np.stack([p.tensor for p in prepared])
-        outputs = engine.infer(batch)
+        prepared = [prepare_pixels(img, manifest) for img in images_rgb[start : start + step]]
+        outputs = infer_pixels(engine, np.stack([p.pixels for p in prepared]))
         results += decode_batch(
             outputs,
             manifest,

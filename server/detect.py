@@ -14,17 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 
-from detserve.engines.base import DecodeParams, PreparedImage
+from detserve.engines.base import DecodeParams
 from detserve.engines.manifest import Manifest
 from detserve.engines.preprocess import (
+    DecodedImage,
+    PreparedPixels,
     check_encoded,
     check_raw,
-    decode_encoded,
-    decode_raw,
-    prepare,
+    decode_encoded_native,
+    decode_raw_native,
+    prepare_pixels,
 )
 from detserve.protos import detection_pb2 as pb
 from detserve.server.admission import ModelAdmission, PixelBudget, Rejected
@@ -142,19 +142,21 @@ def image_size(image: pb.Image, max_pixels: int) -> tuple[int, int]:
     raise invalid("image is required: set image.encoded (JPEG/PNG bytes) or image.raw")
 
 
-def decode_image(image: pb.Image, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """The request image as HxWx3 uint8 RGB; ImageError (INVALID_ARGUMENT) if it is bad."""
+def decode_image(image: pb.Image, max_pixels: int) -> DecodedImage:
+    """The request image as HxWx3 uint8 in its own channel order (BGR for JPEG/PNG); ImageError
+    (INVALID_ARGUMENT) if it is bad."""
     source = image.WhichOneof("source")
     if source == "encoded":
-        return decode_encoded(image.encoded, max_pixels)
+        return decode_encoded_native(image.encoded, max_pixels)
     if source == "raw":
         raw = image.raw
-        return decode_raw(raw.data, raw.height, raw.width, _raw_format(raw), max_pixels)
+        return decode_raw_native(raw.data, raw.height, raw.width, _raw_format(raw), max_pixels)
     raise invalid("image is required: set image.encoded (JPEG/PNG bytes) or image.raw")
 
 
-def _prepare(image: pb.Image, manifest: Manifest, max_pixels: int) -> PreparedImage:
-    return prepare(decode_image(image, max_pixels), manifest)
+def _prepare(image: pb.Image, manifest: Manifest, max_pixels: int) -> PreparedPixels:
+    decoded = decode_image(image, max_pixels)
+    return prepare_pixels(decoded.pixels, manifest, decoded.order)
 
 
 def build_response(
@@ -228,7 +230,7 @@ class DetectCore:
         try:
             prepared = await self._decode(request, model, deadline, record, held)
             outcome = await model.batcher.submit(
-                BatchItem(prepared.tensor, prepared.letterbox, params), deadline
+                BatchItem(prepared.pixels, prepared.letterbox, params), deadline
             )
         finally:
             model.admission.release()
@@ -238,7 +240,7 @@ class DetectCore:
     async def _decode(
         self, request: pb.DetectRequest, model: ServedModel, deadline: float | None,
         record: RequestRecord, held: bool,
-    ) -> PreparedImage:
+    ) -> PreparedPixels:
         """Decode and letterbox on the decode pool, inside the pixel budget."""
         admission: ModelAdmission = model.admission
         pixels = record.image_width * record.image_height

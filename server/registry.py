@@ -26,6 +26,7 @@ from detserve.engines.batch_plan import executed_batch_size
 from detserve.engines.decode import decode_batch
 from detserve.engines.detections import Detections
 from detserve.engines.manifest import Manifest, ManifestError, ModelPackage, load_package
+from detserve.engines.pipeline import infer_pixels
 from detserve.server.admission import InServer, ModelAdmission, ServiceTimes
 from detserve.server.batcher import Batcher
 from detserve.server.batching_config import BatchingConfig
@@ -45,7 +46,7 @@ def default_engine_factory(package: ModelPackage, kind: str, options: Mapping[st
 class BatchItem:
     """One prepared image waiting for the engine."""
 
-    tensor: npt.NDArray[np.float32]
+    pixels: npt.NDArray[np.uint8]  # [H, W, 3] letterboxed, in the manifest's colour order
     letterbox: Letterbox
     params: DecodeParams
 
@@ -96,9 +97,9 @@ def _decode_each(
 
 
 def run_on_engine(engine: Engine, items: list[BatchItem]) -> list[ItemResult | Exception]:
-    batch = np.stack([item.tensor for item in items])
+    batch = np.stack([item.pixels for item in items])
     start = time.perf_counter()
-    outputs = engine.infer(batch)  # raising here fails the whole batch: INTERNAL
+    outputs = infer_pixels(engine, batch)  # raising here fails the whole batch: INTERNAL
     inferred = time.perf_counter()
     manifest = engine.manifest
     decoded: list[Detections | Exception]
@@ -267,7 +268,10 @@ def _served(cfg: ModelConfig, engines: list[Engine], server: ServerConfig) -> Se
     batcher = Batcher(pool.run_batch, b, name=key, queue_limit=queue_limit,
                       on_batch=times.observe_batch,
                       coming=(lambda: counts.decoding) if b.adaptive_window else None,
-                      batch_time_s=times.batch_time_s)
+                      batch_time_s=times.batch_time_s,
+                      # Refusing now means the engine is the bottleneck (see batch_choice).
+                      shedding=lambda: counts.refused_within(
+                          2 * times.batch_time_s(b.max_batch_size)))
     admission = ModelAdmission(key, b, server.decode_thread_count, batcher, times, counts)
     return ServedModel(
         key=key,

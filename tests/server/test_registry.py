@@ -48,7 +48,7 @@ class ScriptedEngine:
 def _items(n: int) -> list[BatchItem]:
     # The caller's image was 64x64, shrunk by half into the 32x32 input.
     box = Letterbox(0.5, 0.5, 0.0, 0.0, 64, 64)
-    return [BatchItem(np.zeros((3, 32, 32), np.float32), box, DecodeParams(0.5, 0.5, 10))
+    return [BatchItem(np.zeros((32, 32, 3), np.uint8), box, DecodeParams(0.5, 0.5, 10))
             for _ in range(n)]
 
 
