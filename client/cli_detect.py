@@ -60,7 +60,7 @@ def detect_one(client: DetectClient, path: str, options: DetectOptions,
             return Outcome(result)
         return Outcome(result, saved=saver.save(save_to, read_bgr(data, path), result.detections))
     except FileNotFoundError:
-        return Outcome(error=FileNotFoundError(f"image file not found: {path!r}"))
+        return Outcome(error=FileNotFoundError("file not found"))  # printed after the path
     except (DetectError, OSError, ValueError) as err:
         return Outcome(error=err)
 

@@ -125,7 +125,8 @@ def test_json_errors_come_one_line_per_input(server: ThreadedServer, tmp_path: P
     assert first["error"]["code"] == "INVALID_ARGUMENT" and first["error"]["origin"] == "server"
     assert "not a JPEG or PNG" in first["error"]["message"]
     assert second["error"]["code"] == "NOT_FOUND" and second["error"]["origin"] == "client"
-    assert "missing.png" in second["error"]["message"]
+    assert second["image"] == str(tmp_path / "missing.png")
+    assert second["error"]["message"] == "file not found"
     assert [d["label"] for d in third["detections"]] == ["green"]
 
 
