@@ -9,6 +9,12 @@ listed size instead, and a batch runs as the cheapest sequence of those sizes (e
 a batch of 6 on {1, 2, 4, 8} runs as 4 + 2, or padded to 8 where that measured cheaper; only the
 last run is zero-padded and the padding's outputs are dropped). The cost of one run of each size
 is measured at start-up, or given as `plan_costs_ms`.
+
+Input: float32 [B, 3, H, W] by default. With `pixel_input`, the compiled models take the uint8
+[B, H, W, 3] canvases the server prepares and normalise them in the graph (PrePostProcessor:
+convert, mean/scale, NHWC to NCHW), which measured outputs identical to the float path and saves
+the host a float copy of every image; `infer` on floats then compiles the float models on first
+use (evaluation tools), so a server holds one compiled model per size.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy.typing as npt
 
 from detserve.engines.batch_plan import BatchPlan, plan_batches, split_rows
 from detserve.engines.manifest import Manifest, ModelPackage
+from detserve.engines.preprocess import pixels_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +113,7 @@ class OpenVinoEngine:
         max_batch_size: int | None = None,
         plan_costs_ms: Mapping[int, float] | None = None,
         cpu_pinning: bool | None = None,
+        pixel_input: bool = False,
     ) -> None:
         import openvino as ov
 
@@ -119,6 +127,9 @@ class OpenVinoEngine:
             ):
                 raise ValueError(f"openvino {name} must be an integer >= 1, got {value!r}")
         sizes = _check_static_sizes(static_batch_sizes, package.manifest.max_batch_size)
+        if not isinstance(pixel_input, bool):
+            raise ValueError(f"openvino pixel_input must be true or false, got {pixel_input!r}")
+        self._pixels = pixel_input
         core = ov.Core()
         caps = cpu_capabilities(core, device)
         self._choice = choose_precision(precision, package.manifest.precision, caps)
@@ -143,12 +154,18 @@ class OpenVinoEngine:
             config["CACHE_DIR"] = str(cache_dir)
         # Static sizes cover any batch (the plan pads or chains them), so the dynamic model is
         # compiled only without them: each compiled model costs tens of MB.
-        self._compiled = _compile(core, package, device, config, sizes[0] if sizes else 0)
+        self._compiled = _compile(core, package, device, config, sizes[0] if sizes else 0,
+                                  pixel_input)
         self._request: Any = self._compiled.create_infer_request()
         self._check_input(package.manifest)
         self._static: dict[int, Any] = {
-            n: _compile(core, package, device, config, n).create_infer_request() for n in sizes
+            n: _compile(core, package, device, config, n, pixel_input).create_infer_request()
+            for n in sizes
         }
+        # The float models of a pixel_input engine, compiled on first use of `infer`.
+        self._float_args = (core, package, device, config, sizes)
+        self._float: tuple[Any, Any, dict[int, Any]] | None = None
+        self._float_lock = threading.Lock()
         self._plan: BatchPlan | None = None
         if sizes:
             top = max_batch_size or package.manifest.max_batch_size
@@ -162,6 +179,8 @@ class OpenVinoEngine:
             package.manifest, precision=_manifest_precision(self._choice.effective), metadata=meta
         )
         self.config = dict(config)
+        # Infer-request runs per batch size (warm-up included): what has run, for health checks.
+        self.runs_by_size: dict[int, int] = {}
         log.info(
             "openvino: serving %s on %s at %s (requested %s), static batch sizes %s, plan %s",
             package.manifest.name, device, self._choice.effective, precision, list(sizes),
@@ -189,25 +208,77 @@ class OpenVinoEngine:
                 f"is named {sorted(names)}"
             )
 
+    @property
+    def takes_pixels(self) -> bool:
+        return self._pixels
+
     def infer(self, batch: npt.NDArray[np.float32]) -> Sequence[npt.NDArray[np.generic]]:
         data = np.ascontiguousarray(batch, dtype=np.float32)
+        if not self._pixels:
+            return self._run(data, self._compiled, self._request, self._static)
+        return self._run(data, *self._float_models())
+
+    def infer_pixels(self, batch: npt.NDArray[np.uint8]) -> Sequence[npt.NDArray[np.generic]]:
+        """[B, H, W, 3] uint8 canvases in the manifest's colour order."""
+        data = np.ascontiguousarray(batch, dtype=np.uint8)
+        if not self._pixels:
+            return self.infer(pixels_to_tensor(data, self._manifest))
+        return self._run(data, self._compiled, self._request, self._static)
+
+    def _float_models(self) -> tuple[Any, Any, dict[int, Any]]:
+        with self._float_lock:
+            if self._float is None:
+                core, package, device, config, sizes = self._float_args
+                compiled = _compile(core, package, device, config, sizes[0] if sizes else 0)
+                static = {n: _compile(core, package, device, config, n).create_infer_request()
+                          for n in sizes}
+                self._float = (compiled, compiled.create_infer_request(), static)
+            return self._float
+
+    def _run(self, data: npt.NDArray[Any], compiled: Any, request: Any,
+             static: dict[int, Any]) -> Sequence[npt.NDArray[np.generic]]:
         if self._plan is None:
-            result = self._request.infer({0: data})
-            return [np.array(result[out]) for out in self._compiled.outputs]
+            self._count(data.shape[0])
+            result = request.infer({0: data})
+            return [np.array(result[out]) for out in compiled.outputs]
         n = data.shape[0]
-        parts = [self._run_static(data[start:stop], size)
+        parts = [self._run_static(data[start:stop], size, static)
                  for start, stop, size in split_rows(n, self.batch_plan(n))]
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
-    def _run_static(self, rows: npt.NDArray[np.float32], size: int) -> list[npt.NDArray[Any]]:
+    def _run_static(self, rows: npt.NDArray[Any], size: int,
+                    static: dict[int, Any] | None = None) -> list[npt.NDArray[Any]]:
         n = rows.shape[0]
         if size > n:  # pad with zeros; the padded rows' outputs are dropped below
             rows = np.concatenate([rows, np.zeros((size - n, *rows.shape[1:]), rows.dtype)])
-        request = self._static[size]
+        request = (self._static if static is None else static)[size]
+        self._count(size)
         result = request.infer({0: rows})
         return [np.array(result[out][:n]) for out in request.model_outputs]
+
+    def _zeros(self, size: int) -> npt.NDArray[Any]:
+        """An all-zero input of `size` images, as the primary compiled models take it."""
+        m = self._manifest
+        if self._pixels:
+            return np.zeros((size, m.input_height, m.input_width, 3), np.uint8)
+        return np.zeros((size, 3, m.input_height, m.input_width), np.float32)
+
+    def _count(self, size: int) -> None:
+        self.runs_by_size[size] = self.runs_by_size.get(size, 0) + 1
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> tuple[int, ...]:
+        """One run of each compiled static size; without static sizes, one run of the dynamic
+        model at each of `batch_sizes` (the sizes the server forms)."""
+        sizes = self.static_batch_sizes or tuple(sorted(set(batch_sizes)))
+        for n in sizes:
+            zeros = self._zeros(n)
+            if self._plan is None:
+                self._run(zeros, self._compiled, self._request, self._static)
+            else:
+                self._run_static(zeros, n)
+        return sizes
 
     def batch_plan(self, n: int) -> tuple[int, ...]:
         """The compiled sizes a batch of `n` runs as; (n,) on the dynamic model."""
@@ -234,8 +305,7 @@ class OpenVinoEngine:
         and the minimum is kept: interference only ever adds time. A larger size is taken to
         cost at least what a smaller one does, so noise cannot make padding look free.
         """
-        inputs = {size: np.zeros((size, 3, manifest.input_height, manifest.input_width),
-                                 np.float32) for size in self._static}
+        inputs = {size: self._zeros_for(manifest, size) for size in self._static}
         for size, request in self._static.items():
             request.infer({0: inputs[size]})
         best = dict.fromkeys(self._static, math.inf)
@@ -250,10 +320,17 @@ class OpenVinoEngine:
             costs[size] = floor
         return costs
 
+    def _zeros_for(self, manifest: Manifest, size: int) -> npt.NDArray[Any]:
+        # Before self._manifest exists (costs are measured in __init__).
+        if self._pixels:
+            return np.zeros((size, manifest.input_height, manifest.input_width, 3), np.uint8)
+        return np.zeros((size, 3, manifest.input_height, manifest.input_width), np.float32)
+
     def close(self) -> None:
         # The compiled models stay cached for other instances; the requests go with us.
         self._request = None
         self._static = {}
+        self._float = None
 
 
 def cpu_capabilities(core: Any, device: str) -> list[str]:
@@ -285,14 +362,18 @@ def _check_static_sizes(sizes: Sequence[int], max_batch: int) -> tuple[int, ...]
 
 
 def _compile(
-    core: Any, package: ModelPackage, device: str, config: dict[str, Any], batch: int = 0
+    core: Any, package: ModelPackage, device: str, config: dict[str, Any], batch: int = 0,
+    pixels: bool = False,
 ) -> Any:
-    """The compiled model, shared by engines; `batch` > 0 fixes the batch dimension."""
+    """The compiled model, shared by engines; `batch` > 0 fixes the batch dimension; `pixels`
+    gives it a uint8 NHWC input normalised in the graph."""
     key = (
         str(package.model_path.resolve()),
         package.model_path.stat().st_mtime_ns,
         device,
         batch,
+        # The normalisation is in a pixel-input graph, so it is part of what was compiled.
+        (pixels, package.manifest.preprocess) if pixels else False,
         tuple(sorted((k, str(v)) for k, v in config.items())),
     )
     with _COMPILED_LOCK:
@@ -301,10 +382,31 @@ def _compile(
             # From the path when possible: with CACHE_DIR set, a cached blob then skips reading
             # and converting the model altogether.
             model: Any = str(package.model_path)
-            if batch:
-                man = package.manifest
+            man = package.manifest
+            if batch or pixels:
                 model = core.read_model(model)
+            if batch:
                 model.reshape({0: [batch, 3, man.input_height, man.input_width]})
+            if pixels:
+                model = _with_pixel_input(model, man)
             compiled = core.compile_model(model, device, config)
             _COMPILED[key] = compiled
         return compiled
+
+
+def _with_pixel_input(model: Any, manifest: Manifest) -> Any:
+    """`model` taking uint8 [B, H, W, 3] (the manifest's colour order) and normalising it as
+    engines/preprocess.pixels_to_tensor does: x * (scale / std) - mean / std, which is
+    (x - mean / scale) / (std / scale) in the PrePostProcessor's terms."""
+    from openvino import Layout, Type
+    from openvino.preprocess import PrePostProcessor
+
+    pre = manifest.preprocess
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(Type.u8).set_layout(Layout("NHWC"))
+    ppp.input().model().set_layout(Layout("NCHW"))
+    steps = ppp.input().preprocess().convert_element_type(Type.f32)
+    if any(pre.mean):
+        steps.mean([m / pre.scale for m in pre.mean])
+    steps.scale([sd / pre.scale for sd in pre.std])
+    return ppp.build()

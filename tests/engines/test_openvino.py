@@ -164,3 +164,49 @@ def test_second_load_reuses_the_disk_cache(tiny_package: Path, tmp_path: Path) -
     assert second._compiled.get_property("LOADED_FROM_CACHE") is True
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == blobs  # nothing recompiled
     np.testing.assert_array_equal(_first(second, _blocks_batch()), want)
+
+
+def _canvases(n: int, side: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("static", [(), (1, 2, 4)])
+def test_pixel_input_normalises_in_the_graph_like_the_host(
+    tiny_package: Path, static: tuple[int, ...]
+) -> None:
+    from detserve.engines.preprocess import pixels_to_tensor
+
+    package = load_package(tiny_package)
+    host = OpenVinoEngine(package, precision="f32", num_threads=1, static_batch_sizes=static,
+                          plan_costs_ms={1: 1.0, 2: 1.5, 4: 2.0} if static else None)
+    graph = OpenVinoEngine(package, precision="f32", num_threads=1, static_batch_sizes=static,
+                           plan_costs_ms={1: 1.0, 2: 1.5, 4: 2.0} if static else None,
+                           pixel_input=True)
+    assert (host.takes_pixels, graph.takes_pixels) == (False, True)
+    for n in (1, 3, 5):
+        pixels = _canvases(n)
+        want = np.asarray(host.infer(pixels_to_tensor(pixels, package.manifest))[0])
+        got = np.asarray(graph.infer_pixels(pixels)[0])
+        assert got.shape == want.shape == (n, 7, 4)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        # Floats still work on a pixel-input engine (evaluation tools), on models made on demand.
+        floats = np.asarray(graph.infer(pixels_to_tensor(pixels, package.manifest))[0])
+        np.testing.assert_allclose(floats, want, atol=1e-6)
+
+
+def test_pixel_input_applies_the_manifests_mean_and_std(tiny_package: Path) -> None:
+    import dataclasses
+
+    from detserve.engines.preprocess import pixels_to_tensor
+
+    package = load_package(tiny_package)
+    pre = dataclasses.replace(package.manifest.preprocess, scale=1 / 255,
+                              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    package = dataclasses.replace(
+        package, manifest=dataclasses.replace(package.manifest, preprocess=pre))
+    host = OpenVinoEngine(package, precision="f32", num_threads=1)
+    graph = OpenVinoEngine(package, precision="f32", num_threads=1, pixel_input=True)
+    pixels = _canvases(2)
+    want = np.asarray(host.infer(pixels_to_tensor(pixels, package.manifest))[0])
+    np.testing.assert_allclose(np.asarray(graph.infer_pixels(pixels)[0]), want, atol=1e-4)
