@@ -239,7 +239,7 @@ class OpenVinoEngine:
              static: dict[int, Any]) -> Sequence[npt.NDArray[np.generic]]:
         if self._plan is None:
             self._count(data.shape[0])
-            result = request.infer({0: data})
+            result = request.infer({0: data}, share_inputs=True)
             return [np.array(result[out]) for out in compiled.outputs]
         n = data.shape[0]
         parts = [self._run_static(data[start:stop], size, static)
@@ -255,7 +255,8 @@ class OpenVinoEngine:
             rows = np.concatenate([rows, np.zeros((size - n, *rows.shape[1:]), rows.dtype)])
         request = (self._static if static is None else static)[size]
         self._count(size)
-        result = request.infer({0: rows})
+        # share_inputs: OpenVINO reads the contiguous batch in place instead of copying it.
+        result = request.infer({0: np.ascontiguousarray(rows)}, share_inputs=True)
         return [np.array(result[out][:n]) for out in request.model_outputs]
 
     def _zeros(self, size: int) -> npt.NDArray[Any]:

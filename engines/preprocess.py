@@ -39,6 +39,9 @@ class DecodedImage:
 
     pixels: npt.NDArray[np.uint8]
     order: ColorOrder
+    # (width, height) of the image as sent, where the pixels were decoded smaller (JPEG DCT
+    # scaling); boxes map back to this size. None: the pixels are at that size.
+    full_size: tuple[int, int] | None = None
 
     def to_rgb(self) -> npt.NDArray[np.uint8]:
         if self.order == "RGB":
@@ -187,10 +190,39 @@ def check_raw(data: bytes, height: int, width: int, pixel_format: str, max_pixel
     return channels
 
 
-def decode_encoded_native(data: bytes, max_pixels: int) -> DecodedImage:
+# JPEG's DCT scaling: libjpeg decodes straight to 1/2, 1/4 or 1/8 of the size.
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                  8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def jpeg_reduction(header: ImageHeader, manifest: Manifest) -> int:
+    """The largest DCT scale-down (1, 2, 4 or 8) whose decoded JPEG is still at least as large as
+    what the letterbox (or stretch) resizes it to: the detail the model sees is kept, and the
+    decode does less work. 1 for PNG."""
+    if header.format != "JPEG":
+        return 1
+    w, h = header.width, header.height
+    in_w, in_h = manifest.input_width, manifest.input_height
+    if manifest.preprocess.resize == "stretch":
+        new_w, new_h = in_w, in_h
+    else:
+        new_w, new_h, _, _ = _letterbox_geometry(w, h, in_w, in_h)
+    for factor in (8, 4, 2):
+        if -(-w // factor) >= new_w and -(-h // factor) >= new_h:
+            return factor
+    return 1
+
+
+def decode_encoded_native(data: bytes, max_pixels: int,
+                          manifest: Manifest | None = None) -> DecodedImage:
     """JPEG/PNG bytes -> HxWx3 uint8 in OpenCV's BGR order, refusing what the server does not
-    accept. No colour conversion at full size: prepare_pixels reorders after the resize."""
+    accept. No colour conversion at full size: prepare_pixels reorders after the resize. With
+    `manifest`, a JPEG at least twice the model input is decoded reduced (jpeg_reduction); the
+    image keeps its original size for the letterbox, which maps boxes to the caller's pixels."""
     header = check_encoded(data, max_pixels)
+    factor = 1 if manifest is None else jpeg_reduction(header, manifest)
+    if factor > 1:
+        return _decode_reduced(data, header, factor)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError(f"{header.format} image could not be decoded (corrupt data)")
@@ -207,6 +239,21 @@ def decode_encoded_native(data: bytes, max_pixels: int) -> DecodedImage:
             f"to {image.shape[1]}x{image.shape[0]}"
         )
     return DecodedImage(np.asarray(image, np.uint8), "BGR")
+
+
+def _decode_reduced(data: bytes, header: ImageHeader, factor: int) -> DecodedImage:
+    # IGNORE_ORIENTATION: the same stored pixels as the full decode (IMREAD_UNCHANGED).
+    flags = _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise ImageError(f"{header.format} image could not be decoded (corrupt data)")
+    want = (-(-header.height // factor), -(-header.width // factor))
+    if image.shape[:2] != want:
+        raise ImageError(
+            f"{header.format} image header says {header.width}x{header.height} but it decodes "
+            f"to {image.shape[1] * factor}x{image.shape[0] * factor} (at 1/{factor} scale)"
+        )
+    return DecodedImage(np.asarray(image, np.uint8), "BGR", (header.width, header.height))
 
 
 def decode_encoded(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
@@ -244,11 +291,13 @@ def _letterbox_geometry(w: int, h: int, in_w: int, in_h: int) -> tuple[int, int,
 
 
 def _resize_into_canvas(
-    image: npt.NDArray[np.uint8], manifest: Manifest, reorder: bool
+    image: npt.NDArray[np.uint8], manifest: Manifest, reorder: bool,
+    full_size: tuple[int, int] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], Letterbox]:
     """The letterboxed (or stretched) model-size canvas; `reorder` swaps R and B, done here at
-    model size rather than on the full-size image."""
-    h, w = image.shape[:2]
+    model size rather than on the full-size image. `full_size`: (width, height) the geometry is
+    computed for, when `image` was decoded smaller."""
+    h, w = image.shape[:2] if full_size is None else full_size[::-1]
     in_w, in_h = manifest.input_width, manifest.input_height
     if manifest.preprocess.resize == "stretch":
         left = top = 0
@@ -258,7 +307,7 @@ def _resize_into_canvas(
     box = Letterbox(new_w / w, new_h / h, float(left), float(top), w, h)
     resized = (
         image
-        if (new_w, new_h) == (w, h)
+        if (new_w, new_h) == image.shape[1::-1]
         else np.asarray(cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR), np.uint8)
     )
     if reorder:
@@ -274,16 +323,23 @@ def _resize_into_canvas(
 
 
 def prepare_pixels(
-    image: npt.NDArray[np.uint8], manifest: Manifest, order: ColorOrder = "RGB"
+    image: npt.NDArray[np.uint8], manifest: Manifest, order: ColorOrder = "RGB",
+    full_size: tuple[int, int] | None = None,
 ) -> PreparedPixels:
     """Letterbox (or stretch) an HxWx3 uint8 image in `order` into the model-size uint8 canvas,
-    in the manifest's colour order: what engines that normalise in their graph take."""
+    in the manifest's colour order: what engines that normalise in their graph take.
+    `full_size`: the (width, height) sent, for an image decoded smaller (DecodedImage)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"prepare needs an HxWx3 uint8 image, got {image.dtype} {image.shape}")
     if min(image.shape[:2]) < 1:
         raise ImageError(f"image is empty: shape {image.shape}")
-    canvas, box = _resize_into_canvas(image, manifest, order != manifest.preprocess.color_order)
+    reorder = order != manifest.preprocess.color_order
+    canvas, box = _resize_into_canvas(image, manifest, reorder, full_size)
     return PreparedPixels(canvas, box)
+
+
+def prepare_decoded(decoded: DecodedImage, manifest: Manifest) -> PreparedPixels:
+    return prepare_pixels(decoded.pixels, manifest, decoded.order, decoded.full_size)
 
 
 def pixels_to_tensor(batch: npt.NDArray[np.uint8], manifest: Manifest) -> npt.NDArray[np.float32]:

@@ -240,3 +240,32 @@ def test_pixels_to_tensor_keeps_images_of_a_batch_apart() -> None:
     assert tensor.shape == (3, 3, 64, 64)
     means = [float(tensor[k].mean()) for k in range(3)]
     np.testing.assert_allclose(means, [0.0, 0.2, 1.0], rtol=1e-6)
+
+
+def test_jpeg_reduction_keeps_at_least_the_letterboxed_size() -> None:
+    from detserve.engines.preprocess import jpeg_reduction
+
+    m = manifest()  # 64x64 input
+    jpeg = lambda w, h: read_header(encode(".jpg", photo(w, h)))  # noqa: E731
+    assert jpeg_reduction(jpeg(100, 50), m) == 1  # letterboxed to 64x32: not 2x
+    assert jpeg_reduction(jpeg(128, 96), m) == 2  # 64x48 needed, 64x48 at 1/2
+    assert jpeg_reduction(jpeg(130, 97), m) == 2  # 65x49 at 1/2 (libjpeg rounds up)
+    assert jpeg_reduction(jpeg(600, 300), m) == 8  # 64x32 needed, 75x38 at 1/8
+    assert jpeg_reduction(read_header(encode(".png", photo(600, 300))), m) == 1  # JPEG only
+    assert jpeg_reduction(jpeg(128, 96), manifest(resize="stretch")) == 1  # 64 high needed
+
+
+def test_reduced_decode_keeps_the_callers_geometry() -> None:
+    from detserve.engines.preprocess import prepare_decoded
+
+    m = manifest(pad_value=114)
+    data = encode(".jpg", photo(256, 128))
+    full = prepare_decoded(decode_encoded_native(data, LIMIT), m)
+    reduced = decode_encoded_native(data, LIMIT, m)
+    assert reduced.pixels.shape == (32, 64, 3) and reduced.full_size == (256, 128)  # 1/4
+    small = prepare_decoded(reduced, m)
+    assert small.letterbox == full.letterbox  # boxes map back to the 256x128 sent
+    assert small.letterbox.orig_width == 256 and small.letterbox.scale_x == 0.25
+    # The same picture at the same place: the rows are close, the padding identical.
+    diff = np.abs(small.pixels.astype(int) - full.pixels.astype(int))
+    assert float(diff[16:48].mean()) < 6.0 and int(diff[:16].max()) == 0

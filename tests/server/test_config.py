@@ -80,7 +80,7 @@ def test_default_config_serves_builtin_shapes_variants() -> None:
     # be planned over without padding far above it (issue 12).
     assert dict(config.models[0].engine_options) == {
         "num_threads": 2, "num_streams": 1, "performance_hint": "LATENCY",
-        "static_batch_sizes": [1, 2, 4, 8], "precision": "int8"}
+        "static_batch_sizes": [1, 2, 4, 8], "precision": "int8", "pixel_input": True}
     assert config.models[1].engine_options["static_batch_sizes"] == [1, 2, 4]
     assert [m.batching.max_batch_size for m in config.models] == [8, 4, 8, 4]
     assert [m.batching.max_queue_wait_s for m in config.models] == [0.4, 0.5, 0.4, 0.5]
