@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from detserve.client.bench import targetinfo
 from detserve.client.bench.inputs import InputSpec, build_requests, load_inputs
 from detserve.client.bench.report import write_report
 from detserve.client.bench.resultsdoc import new_document, write_csv, write_json
@@ -104,11 +105,13 @@ def new_doc(args: argparse.Namespace, inputs_json: dict[str, Any],
 async def server_process(model: dict[str, Any], setting: BatchSetting, out_dir: Path, name: str,
                          server: dict[str, Any] | None = None) -> AsyncIterator[ServerProcess]:
     """A detserve-server subprocess for `setting`; stopped on exit. `server`: top-level fields
-    (default: the served default's, e.g. stream_policy and admission limits)."""
+    (default: the served default's, e.g. stream_policy and admission limits). What it says it
+    serves (GetModelInfo) is remembered for the setting entries of its target."""
     fields = load_served_default().server if server is None else server
     proc = ServerProcess(server_config(model, setting, free_port(), fields), out_dir, name)
     await proc.start()
     try:
+        await targetinfo.fetch_and_remember(proc.target)
         yield proc
     finally:
         proc.stop()

@@ -22,7 +22,7 @@ the two share the cores, the server then gets the CPU it would have with remote 
 offered rate is still the generator's; "client saturated" says when it fell behind.
 
 Writes results.json (config, raw records per phase, "capacity", "phases", "targets"),
-results.csv (one row per phase) and report.md into --out.
+results.csv (one row per phase), report.md and its plots into --out.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from detserve.client.bench.overload import (
     plan_phases,
     run_phase,
 )
-from detserve.client.bench.overload_report import overload_report, write_phase_csv
+from detserve.client.bench.overload_report import write_overload_report, write_phase_csv
 from detserve.client.bench.promtext import OVERLOAD_COUNTERS
 from detserve.client.bench.resultsdoc import setting_entry, write_json
 from detserve.client.bench.runner import LevelResult, LoadPlan, describe, run_plan
@@ -127,7 +127,7 @@ def write(args: argparse.Namespace, doc: dict[str, Any], phases: list[PhaseStats
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(doc, args.out / "results.json")
     write_phase_csv(phases, args.out / "results.csv")
-    (args.out / "report.md").write_text(overload_report(doc, phases, targets, notes))
+    write_overload_report(doc, args.out, args.slo_ms)  # report.md and its plots, from doc
     for t in targets:
         print(t.line())
     for note in notes:

@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from detserve.client.bench import targetinfo
 from detserve.client.bench.inputs import FORMATS, InputSpec, build_requests, load_inputs
 from detserve.client.bench.loads import MODES, TRANSPORTS, LoadSettings
 from detserve.client.bench.recorder import SaturationLimits
@@ -116,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", type=Path, required=True, help="output folder")
     sw.add_argument("--slo-ms", type=float, default=None, help="also write the report")
     sw.add_argument("--no-progress", action="store_true")
-    rp = sub.add_parser("report", help="markdown table, PNG plots, recommendation")
-    rp.add_argument("results", type=Path, help="results.json from run or sweep")
+    rp = sub.add_parser("report", help="markdown table, PNG plots, recommendation; from any "
+                        "results.json (run, sweep, the benchmark scripts, overload)")
+    rp.add_argument("results", type=Path, help="results JSON; NAME.json writes NAME-report.md "
+                    "and NAME-*.png (results.json: report.md and *.png)")
     rp.add_argument("--slo-ms", type=float, default=100.0, help="p99 SLO for the recommendation")
     rp.add_argument("--out", type=Path, default=None, help="folder (default: beside results)")
     bl = sub.add_parser("baseline", help="raw engine only (no server)")
@@ -155,7 +158,9 @@ async def _batching_of(target: str, model: str) -> tuple[dict[str, Any] | None, 
         except DetectError as err:
             if err.code is grpc.StatusCode.UNAVAILABLE:
                 raise
+            targetinfo.remember(target, {"error": f"{err.code.name}: {err.details}"})
             return None, model
+    targetinfo.remember(target, targetinfo.info_fields(info))  # engine, precision: see report
     return info.to_json()["batching"], info.name
 
 
@@ -204,7 +209,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     doc = load_document(args.results)
     out = args.out or args.results.parent
-    print(f"wrote {write_report(doc, out, args.slo_ms)}")
+    # File names start with the results name, so two reports in one folder do not collide.
+    print(f"wrote {write_report(doc, out, args.slo_ms, args.results.stem)}")
     return 0
 
 

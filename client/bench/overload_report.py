@@ -9,8 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from detserve.client.bench.overload import PhaseStats, TargetCheck
-from detserve.client.bench.report import markdown_table
+from detserve.client.bench.overload import PhaseStats, ServerObservations, TargetCheck
+from detserve.client.bench.procstat import RssStats
+from detserve.client.bench.report import (
+    header,
+    markdown_table,
+    plots_section,
+    report_name,
+    target_note,
+)
 from detserve.client.bench.resultsdoc import csv_rows
 
 STATUS_COLUMNS = ("OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED", "UNAVAILABLE")
@@ -141,14 +148,16 @@ def phase_table(phases: Sequence[PhaseStats]) -> str:
 
 
 def overload_report(doc: dict[str, Any], phases: Sequence[PhaseStats],
-                    targets: Sequence[TargetCheck], notes: Sequence[str]) -> str:
+                    targets: Sequence[TargetCheck], notes: Sequence[str],
+                    plots: Sequence[str] = ()) -> str:
+    """The report's markdown; `plots`: PNG file names to show (written beside it)."""
     cap = doc.get("capacity", {})
     parts = [
-        f"# Overload ({doc.get('created_utc', '')})", "",
-        f"Inputs: {doc.get('inputs')}", "", f"Versions: {doc.get('versions')}", "",
-        f"Host: {doc.get('host')}", "",
+        *header(doc, "Overload"),
         f"Served: `{doc['config'].get('served', {}).get('model')}`, batching "
         f"`{doc['config'].get('setting')}`", "",
+        f"The server's account (GetModelInfo): {_target(doc)}", "",
+        *target_note(doc),
         f"Capacity (closed loop, concurrency {cap.get('concurrency')}): "
         f"{_f(cap.get('throughput_rps'))} req/s.", "",
         "## Phases (open-loop Poisson; latency from the scheduled send)", "",
@@ -158,4 +167,40 @@ def overload_report(doc: dict[str, Any], phases: Sequence[PhaseStats],
     if notes:
         parts += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     parts += ["## Load levels", "", markdown_table(csv_rows(doc)), ""]
+    if plots:
+        parts += plots_section(list(plots))
     return "\n".join(parts)
+
+
+def _target(doc: dict[str, Any]) -> str:
+    from detserve.client.bench import targetinfo
+
+    infos = {targetinfo.describe(s.get("target_info")) for s in doc["settings"]}
+    return "; ".join(sorted(infos))
+
+
+def phases_from_doc(doc: dict[str, Any]) -> list[PhaseStats]:
+    """The phases as overload.py computed them, read back from its results.json."""
+    out = []
+    for raw in doc.get("phases", []):
+        fields = dict(raw)
+        server = fields.pop("server", None)
+        if server is not None:
+            server = dict(server)
+            server = ServerObservations(rss=RssStats(**server.pop("rss")), **server)
+        out.append(PhaseStats(**fields, server=server))
+    return out
+
+
+def write_overload_report(doc: dict[str, Any], out_dir: Path, slo_ms: float,
+                          results_name: str = "results") -> Path:
+    """report.md (or NAME-report.md) and the per-level plots of an overload results document:
+    everything from the document, so an old run's report can be written again."""
+    from detserve.client.bench.plots import write_plots
+
+    phases = phases_from_doc(doc)
+    targets = [TargetCheck(**t) for t in doc.get("targets", [])]
+    plots = write_plots(doc, out_dir, slo_ms, results_name, None)
+    path = out_dir / report_name(results_name)
+    path.write_text(overload_report(doc, phases, targets, doc.get("notes", []), plots))
+    return path

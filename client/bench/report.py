@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detserve.client.bench import hostload, targetinfo
 from detserve.client.bench.recorder import OK, records_from_columns
 from detserve.client.bench.resultsdoc import csv_rows, options_text
-
-PLOTS = ("throughput_vs_p99.png", "latency_cdf.png", "batch_sizes.png", "queue_vs_compute.png")
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,16 @@ class Recommendation:
     slo_ms: float
 
 
+def clean_under_slo(row: dict[str, Any], slo_ms: float) -> bool:
+    """A level the recommendation may pick: answered, no errors, client not saturated, p99 <=
+    SLO."""
+    return (row["errors"] == 0 and not row["client_saturated"] and row["ok"] > 0
+            and row["latency_p99_ms"] <= slo_ms)
+
+
 def recommend(rows: list[dict[str, Any]], slo_ms: float) -> Recommendation | None:
     """Highest throughput among clean rows (no errors, client not saturated) with p99 <= SLO."""
-    ok = [r for r in rows if r["errors"] == 0 and not r["client_saturated"]
-          and r["ok"] > 0 and r["latency_p99_ms"] <= slo_ms]
+    ok = [r for r in rows if clean_under_slo(r, slo_ms)]
     if not ok:
         return None
     best = max(ok, key=lambda r: r["throughput_rps"])
@@ -48,7 +53,8 @@ TABLE = (("setting", "setting"), ("level", "level"), ("throughput_rps", "req/s")
          ("latency_p999_ms", "p99.9 ms"), ("batch_size_mean", "mean batch"),
          ("executed_batch_size_mean", "executed batch"),
          ("server_queue_mean_ms", "queue ms"), ("server_inference_mean_ms", "infer ms"),
-         ("errors", "errors"), ("dropped_frames", "dropped"), ("client_cpu_cores", "client CPU"),
+         ("errors", "errors"), ("dropped_frames", "dropped"), ("stale_frames", "stale"),
+         ("client_cpu_cores", "client CPU"),
          ("client_saturated", "client saturated"))
 
 
@@ -107,12 +113,33 @@ def batching_gain(rows: list[dict[str, Any]]) -> str | None:
 def settings_table(doc: dict[str, Any]) -> str:
     """What each setting served: its batching fields and engine options, as given to the
     server (the names in the tables abbreviate them)."""
-    lines = ["| setting | role | batching | engine options |", "|---|---|---|---|"]
+    lines = ["| setting | role | batching | engine options | the server's account "
+             "(GetModelInfo) |", "|---|---|---|---|---|"]
     for s in doc["settings"]:
         opts = options_text(s.get("engine_options")) or "(the model's)"
         lines.append(f"| {s['name']} | {s['role']} | `{options_text(s.get('batching'))}` | "
-                     f"`{opts}` |")
+                     f"`{opts}` | {targetinfo.describe(s.get('target_info'))} |")
     return "\n".join(lines)
+
+
+def header(doc: dict[str, Any], title: str) -> list[str]:
+    """Title, inputs, versions, host and the host's load (markdown lines)."""
+    return [f"# {title} ({doc.get('created_utc', '')})", "", f"Inputs: {doc.get('inputs')}", "",
+            f"Versions: {doc.get('versions')}", "", f"Host: {doc.get('host')}", "",
+            f"Host load: {hostload.describe(doc.get('host_load'))}", ""]
+
+
+def target_note(doc: dict[str, Any]) -> list[str]:
+    """A line saying so when no setting recorded the server's own account."""
+    if any(s.get("target_info") for s in doc["settings"]):
+        return []
+    return ["The server's own account (GetModelInfo: engine, precision, model) is not recorded in "
+            "this run (it predates that field); the engine options above are what the benchmark "
+            "configured.", ""]
+
+
+def plots_section(names: list[str]) -> list[str]:
+    return ["## Plots", "", *(f"![{n}]({n})" for n in names), ""]
 
 
 def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -173,25 +200,35 @@ def conclusions(rows: list[dict[str, Any]], slo_ms: float) -> list[str]:
     return [*parts, "## Recommendation", "", recommendation_line(recommend(rows, slo_ms), slo_ms)]
 
 
-def write_report(doc: dict[str, Any], out_dir: Path, slo_ms: float) -> Path:
-    """Write report.md and the PNG plots into `out_dir`; returns report.md's path."""
+def report_name(results_name: str) -> str:
+    """`closed` -> `closed-report.md`; the scripts' `results` -> `report.md`."""
+    from detserve.client.bench.plots import file_prefix
+
+    return f"{file_prefix(results_name)}report.md"
+
+
+def write_report(doc: dict[str, Any], out_dir: Path, slo_ms: float,
+                 results_name: str = "results") -> Path:
+    """Write the report and its PNG plots into `out_dir`, named after `results_name` (the
+    results file's stem); returns the report's path. An overload run gets its phase report."""
     from detserve.client.bench.plots import write_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if "phases" in doc:
+        from detserve.client.bench.overload_report import write_overload_report
+
+        return write_overload_report(doc, out_dir, slo_ms, results_name)
     rows = csv_rows(doc)
-    write_plots(doc, rows, out_dir, slo_ms)
-    parts = [f"# detserve-bench report ({doc.get('created_utc', '')})", "",
-             f"Inputs: {doc.get('inputs')}", "", f"Versions: {doc.get('versions')}", "",
-             f"Host: {doc.get('host')}", "", "## Settings", "", settings_table(doc), "",
-             "## Load levels", "", markdown_table(rows), ""]
+    plots = write_plots(doc, out_dir, slo_ms, results_name, recommend(rows, slo_ms))
+    parts = [*header(doc, "detserve-bench report"), "## Settings", "", settings_table(doc), "",
+             *target_note(doc), "## Load levels", "", markdown_table(rows), ""]
     if doc.get("raw_engine"):
         parts += ["## Raw engine (no server, same inputs)", "", raw_table(doc["raw_engine"]), "",
                   "### Server ÷ raw engine at the same batch size", "",
                   *(server_vs_raw(doc, rows) or ["- (no setting with a matching batch size)"]),
                   ""]
-    parts += [*conclusions(rows, slo_ms), "", "## Plots", "", *(f"![{p}]({p})" for p in PLOTS),
-              ""]
-    path = out_dir / "report.md"
+    parts += [*conclusions(rows, slo_ms), "", *plots_section(plots)]
+    path = out_dir / report_name(results_name)
     path.write_text("\n".join(parts))
     return path
 

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from detserve.client.bench import hostload, targetinfo
 from detserve.client.bench.runner import LevelResult
 
 FORMAT_VERSION = 1
@@ -48,6 +49,8 @@ def host_info() -> dict[str, Any]:
 
 
 def new_document(config: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """A results document; its host load starts now (write_json records the end)."""
+    start = hostload.snapshot()
     return {
         "tool": "detserve-bench",
         "format_version": FORMAT_VERSION,
@@ -55,6 +58,7 @@ def new_document(config: dict[str, Any], inputs: dict[str, Any]) -> dict[str, An
         "command": sys.argv,
         "versions": versions(),
         "host": host_info(),
+        "host_load": hostload.between(start, start),
         "config": config,
         "inputs": inputs,
         "raw_engine": [],
@@ -65,8 +69,11 @@ def new_document(config: dict[str, Any], inputs: dict[str, Any]) -> dict[str, An
 def setting_entry(name: str, role: str, batching: dict[str, Any] | None, target: str,
                   levels: Sequence[LevelResult], model: str = "",
                   engine_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One setting's results; `target_info` is what that server said it serves (GetModelInfo,
+    asked when it came up; None when nobody asked, see targetinfo)."""
     return {"name": name, "role": role, "batching": batching, "target": target, "model": model,
             "engine_options": None if engine_options is None else dict(engine_options),
+            "target_info": targetinfo.recorded(target),
             "levels": [lv.to_json() for lv in levels]}
 
 
@@ -76,6 +83,10 @@ def options_text(options: Mapping[str, Any] | None) -> str:
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
+    """Write `doc` atomically; its host load now ends at this write (a document written after
+    every setting keeps the span of what it holds)."""
+    if doc.get("host_load"):
+        doc["host_load"] = hostload.between(doc["host_load"]["before"], hostload.snapshot())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(doc, allow_nan=True))

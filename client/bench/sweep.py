@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from detserve.client.bench import targetinfo
 from detserve.client.bench.baseline import raw_engine_baseline
 from detserve.client.bench.grid import SweepPoint, grid_settings
 from detserve.client.bench.inputs import InputSpec, build_requests, load_inputs
@@ -186,6 +187,7 @@ async def _run_point(cfg: SweepConfig, point: SweepPoint, requests: list[pb.Dete
         tqdm.write(f"{point.name} {describe(level.summary)}")
 
     try:
+        await targetinfo.fetch_and_remember(proc.target)  # recorded with the setting's entry
         levels = await run_plan(proc.target, requests, cfg.plan, label=point.name,
                                 show_progress=show_progress, on_level=announce)
     finally:

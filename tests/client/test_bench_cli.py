@@ -1,4 +1,5 @@
-"""detserve-bench run / report against a real server: JSON, CSV columns, plots, recommendation."""
+"""detserve-bench run / report against a real server: JSON, CSV columns, plots, recommendation,
+what the server says it serves and the host's load."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from detserve.client.bench import targetinfo
 from detserve.client.bench.cli import main as bench_main
 from detserve.client.bench.report import default_vs_no_batching, recommend
 from detserve.client.bench.resultsdoc import CSV_COLUMNS, csv_rows, load_document
+from detserve.client.client import DetectClient
 
 from .conftest import ThreadedServer
 
@@ -57,11 +60,21 @@ def test_run_then_report(server: ThreadedServer, blocks_folder: Path, tmp_path: 
     assert all(float(r["throughput_rps"]) > 0 and r["errors"] == "0" for r in rows)
     assert all(float(r["latency_p50_ms"]) <= float(r["latency_p99_ms"]) for r in rows)
 
+    # What the server said it serves, and the host's load over the run, are in the results.
+    with DetectClient(server.target) as client:
+        assert setting["target_info"] == targetinfo.info_fields(client.model_info(""))
+    assert setting["target_info"]["engine"] == "onnxruntime"
+    load = doc["host_load"]
+    assert len(load["before"]["loadavg"]) == 3 and len(load["after"]["loadavg"]) == 3
+    assert load["interval_s"] > 0.5 and load["steal_pct"] is not None
+
     assert bench_main(["report", str(out), "--slo-ms", "10000"]) == 0
-    report = (tmp_path / "report.md").read_text()
-    for png in ("throughput_vs_p99.png", "latency_cdf.png", "batch_sizes.png",
-                "queue_vs_compute.png"):
-        assert (tmp_path / png).stat().st_size > 1000
+    report = (tmp_path / "closed-report.md").read_text()  # named after closed.json
+    assert targetinfo.describe(setting["target_info"]) in report
+    for png in ("load_curves", "slo_throughput", "outcomes", "latency_percentiles",
+                "batch_sizes", "queue_vs_compute", "throughput_vs_p99"):
+        assert (tmp_path / f"closed-{png}.png").stat().st_size > 1000
+        assert f"](closed-{png}.png)" in report
     # The server shares this process, so a level may read "client saturated" on a busy machine;
     # such levels are never recommended (recommend's rule), whatever their throughput.
     clean = [r for r in csv_rows(doc) if not r["client_saturated"]]

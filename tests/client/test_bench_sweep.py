@@ -76,4 +76,8 @@ def test_short_sweep_writes_json_csv_plots_and_report(tiny_package: Path, blocks
     ratio = by[("b4_d2ms_i1_iot1", 4.0)] / by[("b1_d2ms_i1_iot1", 4.0)]
     assert "Served default ÷ no batching, per load level" in report
     assert f"**{ratio:.2f}**" in report
-    assert (out / "latency_cdf.png").stat().st_size > 1000
+    for png in ("load_curves", "slo_throughput", "latency_percentiles", "outcomes"):
+        assert (out / f"{png}.png").stat().st_size > 1000 and f"]({png}.png)" in report
+    # Each setting's server said what it serves (GetModelInfo), asked when it came up.
+    assert [s["target_info"]["engine"] for s in doc["settings"]] == ["onnxruntime"] * 2
+    assert all(s["target_info"]["name"] == "blocks@64" for s in doc["settings"])
