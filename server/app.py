@@ -3,7 +3,9 @@
 `start_server(config)` returns a running `Server` (tests use it on 127.0.0.1:0);
 `serve(config)` runs until SIGTERM/SIGINT, then drains: health goes NOT_SERVING, new requests are
 refused with UNAVAILABLE, requests in flight are answered (up to `drain_grace_s`), the batchers
-finish and stop, and the coroutine returns.
+finish and stop, and the coroutine returns. With `workers` > 1 it runs the supervisor of
+server/workers instead: front-end processes on this port, one engine process behind them;
+`start_grpc` is the gRPC side both share.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,16 +23,19 @@ from grpc_reflection.v1alpha import reflection
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
 from detserve.server.admission import PixelBudget
+from detserve.server.catalog import Catalog
 from detserve.server.config import ServerConfig
 from detserve.server.decode_pool import DecodePool
 from detserve.server.detect import DetectCore, RequestRecord
 from detserve.server.errors import RequestError
+from detserve.server.lanes import Lane, LocalLane
 from detserve.server.logs import configure_logging
 from detserve.server.observe import UNKNOWN_MODEL, RequestObserver, build_observer
 from detserve.server.registry import EngineFactory, ModelRegistry, default_engine_factory
 from detserve.server.service import DetectorService
 from detserve.server.stream_slots import StreamSlots
 from detserve.server.streams import StreamSettings
+from detserve.server.threadnames import naming_engines
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Detector"].full_name
 # After the last detection call ends: time for replies to flush before other calls are cut.
@@ -43,17 +48,20 @@ class ServerStartError(RuntimeError):
 
 
 class Server:
-    """A running server. `port` is the bound port (useful with port 0)."""
+    """A running server. `port` is the bound port (useful with port 0). `registry` is what it
+    serves (the ModelRegistry in one process); `stop_backend(drain)` stops what holds the
+    batchers once the calls are done."""
 
     def __init__(
         self,
         grpc_server: grpc.aio.Server,
         port: int,
-        registry: ModelRegistry,
+        registry: Catalog,
         service: DetectorService,
         health: HealthServicer,
         observer: RequestObserver,
         core: DetectCore,
+        stop_backend: Callable[[bool], Awaitable[None]],
     ) -> None:
         self.core = core
         self.grpc_server = grpc_server
@@ -62,6 +70,7 @@ class Server:
         self.service = service
         self.health = health
         self.observer = observer
+        self._stop_backend = stop_backend
         self._stopped = asyncio.Event()
         self._stopping = False
 
@@ -84,7 +93,7 @@ class Server:
             await self.service.wait_idle(grace_s)
             left = None if grace_s is None else max(grace_s - (time.monotonic() - started), 0.0)
             await self.grpc_server.stop(FINAL_GRACE_S if left is None else min(left, FINAL_GRACE_S))
-            await self.registry.stop(drain=True)
+            await self._stop_backend(True)
         finally:
             await asyncio.to_thread(self.core.decoder.close)
             self.observer.close()
@@ -100,7 +109,7 @@ async def start_server(
     on_stream_drop: Callable[[str], None] | None = None,
 ) -> Server:
     """Load the models, bind `config.address` and start serving."""
-    registry = await ModelRegistry.start(config, engine_factory)
+    registry = await ModelRegistry.start(config, naming_engines(engine_factory))
     try:
         observer = build_observer(config)
     except OSError as exc:
@@ -122,12 +131,33 @@ async def _start(
     observer: RequestObserver,
     on_stream_drop: Callable[[str], None] | None,
 ) -> Server:
+    def record(rec: RequestRecord) -> None:
+        observer.request(rec, registry)
+
+    lane = LocalLane(registry, PixelBudget(config.max_pixels_in_flight))
+    return await start_grpc(config, registry, lane, record, observer, on_stream_drop,
+                            registry.stop)
+
+
+async def start_grpc(
+    config: ServerConfig,
+    catalog: Catalog,
+    lane: Lane,
+    record: Callable[[RequestRecord], None],
+    observer: RequestObserver,
+    on_stream_drop: Callable[[str], None] | None,
+    stop_backend: Callable[[bool], Awaitable[None]],
+    reuse_port: bool = False,
+) -> Server:
+    """The Detector service, health and reflection on `config.address`, serving `catalog`
+    through `lane`. `reuse_port`: share the port with the other front-end processes."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
-            # Without this a second server on a busy port binds too and they split the traffic.
-            ("grpc.so_reuseport", 0),
+            # Without this a second server on a busy port binds too and they split the traffic;
+            # front-end workers share theirs on purpose (the supervisor reserved it).
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
         # A backstop in gRPC itself (RESOURCE_EXHAUSTED beyond it); admission decides first.
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
@@ -135,22 +165,18 @@ async def _start(
 
     def dropped(model: str) -> None:
         try:
-            label = registry.resolve(model).key
+            label = catalog.resolve(model).key
         except RequestError:
             label = UNKNOWN_MODEL
         observer.stream_drop(label)
         if on_stream_drop is not None:
             on_stream_drop(model)
 
-    def record(rec: RequestRecord) -> None:
-        observer.request(rec, registry)
-
-    core = DetectCore(registry, config.max_pixels, record,
-                      PixelBudget(config.max_pixels_in_flight),
+    core = DetectCore(catalog, lane, config.max_pixels, record,
                       DecodePool(config.decode_thread_count))
     streams = StreamSettings(config.stream_policy, config.stream_max_in_flight, dropped,
                              slots=StreamSlots(config.stream_max_frames_held))
-    service = DetectorService(registry, core, streams)
+    service = DetectorService(catalog, core, streams)
     pb_grpc.add_DetectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -168,10 +194,10 @@ async def _start(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(server, port, registry, service, health, observer, core)
+    return Server(server, port, catalog, service, health, observer, core, stop_backend)
 
 
-def serving_summary(registry: ModelRegistry) -> dict[str, dict[str, str]]:
+def serving_summary(registry: Catalog) -> dict[str, dict[str, str]]:
     """Per served model: the engine, the precision it actually runs at (the engine's manifest:
     an OpenVINO BF16 request on a CPU without BF16 reads fp32 here, with the engine's note), and
     where NMS runs."""

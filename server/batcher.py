@@ -36,6 +36,7 @@ from typing import Generic, TypeVar
 
 from detserve.server.batch_choice import choose_members
 from detserve.server.batching_config import BatchingConfig
+from detserve.server.threadnames import BATCH, name_os_thread
 
 _CHOICE_WINDOW = 4  # batches' worth of the queue head that the deadline-aware choice looks at
 
@@ -131,7 +132,8 @@ class Batcher(Generic[T, R]):
             raise RuntimeError(f"batcher {self.name!r} is already started")
         self._started = True
         self._executor = ThreadPoolExecutor(
-            max_workers=self.config.instances, thread_name_prefix=f"batcher-{self.name}"
+            max_workers=self.config.instances, thread_name_prefix=f"batcher-{self.name}",
+            initializer=name_os_thread, initargs=(BATCH,),
         )
         self._workers = [
             asyncio.create_task(self._worker(), name=f"batcher-{self.name}-{i}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from detserve.server.batcher import DeadlineExpiredError
+from detserve.server.threadnames import DECODE, name_os_thread
 
 T = TypeVar("T")
 
@@ -37,7 +38,8 @@ class DecodePool:
         if threads < 1:
             raise ValueError(f"decode_threads must be >= 1, got {threads}")
         self.threads = threads
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode",
+                                            initializer=name_os_thread, initargs=(DECODE,))
 
     async def run(self, work: Callable[[], T], deadline: float | None,
                   outcome: DecodeOutcome, on_done: Callable[[], None],

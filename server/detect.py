@@ -2,6 +2,8 @@
 
 `DetectCore.detect` either returns a `DetectResponse` or raises `RequestError` with the status the
 caller sees; every outcome, good or bad, is reported once to the observer (metrics + log line).
+Admission and the batch queue sit behind a `Lane` (lanes.py): in this process, or in the engine
+process when the server runs front-end workers (server/workers); the path here is the same.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from detserve.engines.preprocess import (
     prepare_decoded,
 )
 from detserve.protos import detection_pb2 as pb
-from detserve.server.admission import ModelAdmission, PixelBudget, Rejected
+from detserve.server.admission import Rejected
+from detserve.server.catalog import Catalog, ModelView
 from detserve.server.decode_pool import DecodeOutcome, DecodePool
 from detserve.server.errors import RequestError, invalid, to_request_error
-from detserve.server.registry import BatchItem, ItemResult, ModelRegistry, ServedModel
+from detserve.server.lanes import Lane, Ticket
+from detserve.server.registry import ItemResult
 
 PIXEL_FORMAT_NAMES = {
     pb.PIXEL_FORMAT_RGB8: "RGB8",
@@ -79,7 +83,7 @@ def _check_range(name: str, value: float, low: float, high: float, low_open: boo
     return float(value)
 
 
-def _check_fixed_iou(iou: float, model: ServedModel) -> None:
+def _check_fixed_iou(iou: float, model: ModelView) -> None:
     """NMS that runs inside the engine used the IoU threshold fixed when it was built; another
     value cannot apply, and answering anyway would hide that."""
     fixed = model.manifest.postprocess.iou_threshold
@@ -92,7 +96,7 @@ def _check_fixed_iou(iou: float, model: ServedModel) -> None:
         )
 
 
-def decode_params(request: pb.DetectRequest, model: ServedModel) -> DecodeParams:
+def decode_params(request: pb.DetectRequest, model: ModelView) -> DecodeParams:
     """The request's postprocessing settings, manifest defaults for unset fields; range-checked."""
     defaults = DecodeParams.from_manifest(model.manifest)
     score, iou, top = defaults.score_threshold, defaults.iou_threshold, defaults.max_detections
@@ -156,14 +160,14 @@ def decode_image(image: pb.Image, max_pixels: int,
     raise invalid("image is required: set image.encoded (JPEG/PNG bytes) or image.raw")
 
 
-def _prepare(image: pb.Image, manifest: Manifest, max_pixels: int,
-             reduced_decode: bool) -> PreparedPixels:
+def _prepare(image: pb.Image, manifest: Manifest, max_pixels: int, reduced_decode: bool,
+             place: Callable[[PreparedPixels], PreparedPixels]) -> PreparedPixels:
     decoded = decode_image(image, max_pixels, manifest if reduced_decode else None)
-    return prepare_decoded(decoded, manifest)
+    return place(prepare_decoded(decoded, manifest))
 
 
 def build_response(
-    request: pb.DetectRequest, model: ServedModel, result: ItemResult
+    request: pb.DetectRequest, model: ModelView, result: ItemResult
 ) -> pb.DetectResponse:
     dets = result.detections
     classes = model.manifest.classes
@@ -186,12 +190,12 @@ def build_response(
 
 
 class DetectCore:
-    def __init__(self, registry: ModelRegistry, max_pixels: int, observer: Observer,
-                 pixels: PixelBudget, decoder: DecodePool, reduced_decode: bool = True) -> None:
-        self.registry = registry
+    def __init__(self, catalog: Catalog, lane: Lane, max_pixels: int, observer: Observer,
+                 decoder: DecodePool, reduced_decode: bool = True) -> None:
+        self.catalog = catalog
+        self.lane = lane
         self.max_pixels = max_pixels
         self.observer = observer
-        self.pixels = pixels
         self.decoder = decoder
         self.reduced_decode = reduced_decode
 
@@ -225,58 +229,42 @@ class DetectCore:
         self, request: pb.DetectRequest, deadline: float | None, record: RequestRecord,
         held: bool,
     ) -> pb.DetectResponse:
-        model = self.registry.resolve(request.model)
+        model = self.catalog.resolve(request.model)
         record.model, record.model_version = model.key, model.manifest.version
         record.nms = model.manifest.nms
         params = decode_params(request, model)
         record.image_width, record.image_height = image_size(request.image, self.max_pixels)
-        model.admission.admit(deadline, held)
+        # Admission and the pixel budget, reserved from the header before any pixel is decoded.
+        ticket = await self.lane.admit(model, deadline, held,
+                                       record.image_width * record.image_height)
         try:
-            prepared = await self._decode(request, model, deadline, record, held)
-            outcome = await model.batcher.submit(
-                BatchItem(prepared.pixels, prepared.letterbox, params), deadline
-            )
+            prepared = await self._decode(request, model, deadline, record, ticket)
+            outcome = await ticket.submit(prepared, params, deadline)
         finally:
-            model.admission.release()
+            ticket.release()
         return self._reply(request, model, outcome.value, outcome.batch_size,
                            outcome.queue_s, record)
 
     async def _decode(
-        self, request: pb.DetectRequest, model: ServedModel, deadline: float | None,
-        record: RequestRecord, held: bool,
+        self, request: pb.DetectRequest, model: ModelView, deadline: float | None,
+        record: RequestRecord, ticket: Ticket,
     ) -> PreparedPixels:
-        """Decode and letterbox on the decode pool, inside the pixel budget."""
-        admission: ModelAdmission = model.admission
-        pixels = record.image_width * record.image_height
-        try:
-            if held:
-                await self.pixels.reserve(pixels)
-            else:  # a retry may fit once the decodes in flight are done
-                self.pixels.try_reserve(pixels, admission.times.decode_s)
-        except BaseException:
-            admission.decoded()
-            raise
-
-        def finished() -> None:
-            self.pixels.release(pixels)
-            admission.decoded()
-
+        """Decode and letterbox on the decode pool, into the ticket's canvas."""
         record.decode = outcome = DecodeOutcome()
         work = functools.partial(_prepare, request.image, model.manifest, self.max_pixels,
-                                 self.reduced_decode)
+                                 self.reduced_decode, ticket.place)
         try:
             # A decode the mean says would end past the deadline is not started. A wider margin
             # (mean + 3 deviations, + a batch of one) measured zero goodput at 4K with 200 ms
             # deadlines on this CPU, so a decode on the tail may still end late; it is counted.
-            return await self.decoder.run(work, deadline, outcome, finished,
-                                          admission.times.decode_s or 0.0)
+            return await self.decoder.run(work, deadline, outcome, ticket.decode_finished,
+                                          ticket.expected_decode_s)
         finally:
             record.preprocess_ms = (outcome.waited_s + outcome.decode_s) * 1e3
-            if outcome.decoded:
-                admission.times.observe_decode(outcome.decode_s)
+            ticket.decoded(outcome)
 
     @staticmethod
-    def _reply(request: pb.DetectRequest, model: ServedModel, result: ItemResult,
+    def _reply(request: pb.DetectRequest, model: ModelView, result: ItemResult,
                batch_size: int, queue_s: float, record: RequestRecord) -> pb.DetectResponse:
         response = build_response(request, model, result)
         response.batch_size = batch_size

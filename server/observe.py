@@ -8,7 +8,7 @@ from detserve.server import logs
 from detserve.server.config import ServerConfig
 from detserve.server.detect import RequestRecord
 from detserve.server.metrics import ServerMetrics
-from detserve.server.registry import ModelRegistry
+from detserve.server.registry import ModelRegistry, ServedModel
 
 UNKNOWN_MODEL = "unknown"  # metrics label for requests whose model did not resolve
 
@@ -53,17 +53,26 @@ class RequestObserver:
             self.metrics_port = self.metrics.start_http(config.metrics_port, addr=config.host)
 
     def request(self, rec: RequestRecord, registry: ModelRegistry) -> None:
-        self._measure(rec, registry)
+        served = registry.models.get(rec.model)
+        if served is not None:
+            self.model_state(served)
+        self.finished(rec, served is not None)
+
+    def model_state(self, served: ServedModel) -> None:
+        """The gauges of a model's queue and admission, as they stand now."""
+        self.metrics.set_queue_depth(served.key, served.batcher.queue_depth())
+        self.metrics.set_admission(served.key, served.admission.held,
+                                   served.admission.expected_wait_s())
+
+    def finished(self, rec: RequestRecord, served: bool) -> None:
+        """Count and log a finished request; `served`: its model resolved. A front-end process
+        calls this alone: the engine process, which holds the queues, sets their gauges."""
+        self._measure(rec, served)
         if self.log_requests:
             logs.log_request(self.logger, log_record(rec))
 
-    def _measure(self, rec: RequestRecord, registry: ModelRegistry) -> None:
-        served = registry.models.get(rec.model)
-        label = rec.model if served is not None else UNKNOWN_MODEL
-        if served is not None:
-            self.metrics.set_queue_depth(label, served.batcher.queue_depth())
-            self.metrics.set_admission(label, served.admission.held,
-                                       served.admission.expected_wait_s())
+    def _measure(self, rec: RequestRecord, served: bool) -> None:
+        label = rec.model if served else UNKNOWN_MODEL
         if rec.reject_reason:
             self.metrics.rejected.labels(label, rec.reject_reason).inc()
             self.metrics.rejection_time.labels(label).observe(rec.total_ms / 1e3)

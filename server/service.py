@@ -15,9 +15,9 @@ import grpc
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
 from detserve.server.admission import PUSHBACK_KEY, Rejected
+from detserve.server.catalog import Catalog, ModelView
 from detserve.server.detect import DetectCore, deadline_from
 from detserve.server.errors import RequestError
-from detserve.server.registry import ModelRegistry, ServedModel
 from detserve.server.streams import StreamSettings, run_stream
 
 Context: TypeAlias = grpc.aio.ServicerContext[pb.DetectRequest, pb.DetectResponse]
@@ -29,7 +29,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
 
 
-def model_info(model: ServedModel) -> pb.ModelInfo:
+def model_info(model: ModelView) -> pb.ModelInfo:
     m = model.manifest
     pre = m.preprocess
     batching = model.config.batching
@@ -70,7 +70,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
 
 class DetectorService(pb_grpc.DetectorServicer):
     def __init__(
-        self, registry: ModelRegistry, core: DetectCore, streams: StreamSettings
+        self, registry: Catalog, core: DetectCore, streams: StreamSettings
     ) -> None:
         self.registry = registry
         self.core = core

@@ -152,7 +152,7 @@ async def test_a_request_that_expires_waiting_for_decode_is_never_decoded(
     assert boxes_of(await run.stub.Detect(request_for(GOOD), timeout=WAIT_S)) == GOOD_BOXES
     assert decodes(run.server) == 1  # only the second request
     assert run.server.registry.default.admission.held == 0
-    assert run.server.core.pixels.in_use == 0
+    assert run.server.core.lane.pixels.in_use == 0
 
 
 async def test_decode_pool_skips_work_whose_deadline_passed_while_queued() -> None:
@@ -187,7 +187,7 @@ async def test_pixel_budget_holds_and_refuses_at_once(start: Callable[..., Any],
     blocker = DecodeBlocker(run.server, 1)
     held = [asyncio.ensure_future(run.stub.Detect(request_for(GOOD, frame_id=i)))
             for i in (1, 2)]
-    budget = run.server.core.pixels
+    budget = run.server.core.lane.pixels
     await until(lambda: budget.in_use == 2 * side)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await run.stub.Detect(request_for(GOOD, frame_id=3), timeout=WAIT_S / 2)
