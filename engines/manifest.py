@@ -250,6 +250,19 @@ def parse_manifest(raw: Any) -> Manifest:
     )
 
 
+def default_engine_kind(manifest: Manifest) -> str:
+    """The engine kind a package runs on when none is named: `openvino` for an OpenVINO IR
+    (`model_file: *.xml`), `tensorrt` for a graph whose NMS is a TensorRT plugin
+    (`metadata.nms_graph.runs_on: tensorrt`), else `onnxruntime`. The package already says which
+    runtime can load it, so no caller should have to repeat it."""
+    if Path(manifest.model_file).suffix.lower() == ".xml":
+        return "openvino"
+    nms_graph = manifest.metadata.get("nms_graph")
+    if isinstance(nms_graph, Mapping) and nms_graph.get("runs_on") == "tensorrt":
+        return "tensorrt"
+    return "onnxruntime"
+
+
 def load_package(root: str | Path) -> ModelPackage:
     """Load and validate the model package at `root` (a directory, or its manifest.yaml)."""
     path = Path(root)

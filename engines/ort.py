@@ -116,6 +116,15 @@ def _check_not_tensorrt_only(package: ModelPackage) -> None:
         )
 
 
+def _check_not_openvino_ir(package: ModelPackage) -> None:
+    if package.model_path.suffix.lower() == ".xml":
+        raise ValueError(
+            f"model package {str(package.root)!r} holds an OpenVINO IR "
+            f"({package.manifest.model_file}), which ONNX Runtime cannot load; run it on engine "
+            f"'openvino' (the default for this package when no engine is named)"
+        )
+
+
 def _session(
     package: ModelPackage, options: ort.SessionOptions, providers: Sequence[Provider]
 ) -> ort.InferenceSession:
@@ -158,6 +167,7 @@ class OrtEngine:
                 )
             options.intra_op_num_threads = intra_op_threads
         _check_not_tensorrt_only(package)
+        _check_not_openvino_ir(package)
         self._manifest = package.manifest
         self._session = _session(package, options, chosen)
         node = check_graph(self._session, self._manifest)

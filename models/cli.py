@@ -2,14 +2,19 @@
 
 Each subcommand lives in its own module exposing `register(subparsers)`, so helpers working on
 different subcommands never edit the same file. A module that does not exist yet is skipped;
-any other import error is a real bug and propagates.
+any other import error is a real bug and propagates. A subcommand that needs a module of an
+optional extra (torch for train, NNCF for quantize --engine openvino, ...) that is not installed
+exits 2 with one line naming the extra to install (models/extras.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Sequence
+
+from detserve.models.extras import missing_extra
 
 SUBCOMMAND_MODULES = (
     "detserve.models.cli_train",
@@ -37,7 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        print(f"detserve-model {args.command}: error: {message}", file=sys.stderr)
+        return 2
     return result
 
 

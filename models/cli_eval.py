@@ -9,6 +9,7 @@ from typing import Any
 
 from detserve.engines.manifest import ManifestError
 from detserve.models.coco import CocoError
+from detserve.models.extras import explain
 
 
 def register(subparsers: Any) -> None:
@@ -22,7 +23,9 @@ def _register_eval(subparsers: Any) -> None:
         "eval", help="COCO AP of a model package on a COCO-format set, via the server's engine")
     p.add_argument("package", help="model package directory (or its manifest.yaml)")
     p.add_argument("--data", required=True, help="COCO json, or a folder with annotations.json")
-    p.add_argument("--engine", default="onnxruntime", help="engine kind (default onnxruntime)")
+    p.add_argument("--engine", default=None,
+                   help="engine kind (default: the package's own: openvino for an OpenVINO IR "
+                        "model.xml, else onnxruntime)")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="engine option (value parsed as JSON when it can be); repeatable")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
@@ -57,8 +60,8 @@ def _eval(args: argparse.Namespace) -> int:
                                   args.choose_threshold, args.batch_size)
         if args.choose_threshold:
             print(f"wrote {apply_threshold(args.package, report)}", file=sys.stderr)
-    except (ManifestError, CocoError, SplitError, ValueError) as e:
-        print(f"detserve-model eval: error: {e}", file=sys.stderr)
+    except (ManifestError, CocoError, SplitError, ValueError, RuntimeError) as e:
+        print(f"detserve-model eval: error: {explain(e)}", file=sys.stderr)
         return 2
     if args.out:
         js, md = write_report(report, args.out, args.stem)
@@ -76,24 +79,56 @@ def _register_import(subparsers: Any) -> None:
                         "yaml/json list); default: the 'names' metadata in the ONNX file")
     p.add_argument("--out", default=None, help="package folder (default: next to the .onnx)")
     p.add_argument("--name", default=None, help="model name (default: the file's stem)")
+    p.add_argument("--version", default="1", help="the package's model version (default 1; the "
+                   "Ultralytics version that exported it is kept in metadata)")
     p.add_argument("--imgsz", type=int, default=None,
                    help="input size when the graph's is dynamic and not in its metadata")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="postprocess.score_threshold (default 0.25, Ultralytics' conf)")
+    p.add_argument("--iou-threshold", type=float, default=None,
+                   help="postprocess.iou_threshold, NMS IoU (default 0.7, Ultralytics' iou)")
+    p.add_argument("--max-detections", type=int, default=None,
+                   help="postprocess.max_detections (default 300, Ultralytics' max_det)")
     p.add_argument("--force", action="store_true", help="overwrite an existing package")
     p.set_defaults(func=_import)
 
 
+_IMPORT_FLAGS = ("names", "out", "name", "version", "imgsz", "score_threshold", "iou_threshold",
+                 "max_detections")
+
+
+def _import_command(args: argparse.Namespace) -> str:
+    """The import command as given (flags at their defaults left out), for metadata.import."""
+    import shlex
+
+    parts = ["detserve-model", "import", args.onnx]
+    for attr in _IMPORT_FLAGS:
+        value = getattr(args, attr)
+        if value is not None and not (attr == "version" and value == "1"):
+            parts += [f"--{attr.replace('_', '-')}", str(value)]
+    return shlex.join(parts + (["--force"] if args.force else []))
+
+
 def _import(args: argparse.Namespace) -> int:
     from detserve.engines.manifest import load_package
-    from detserve.models.import_yolo import YoloImportError, import_onnx
+    from detserve.models.import_yolo import ImportOptions, YoloImportError, import_onnx
 
+    options = ImportOptions(
+        names=args.names, name=args.name, version=args.version, imgsz=args.imgsz,
+        score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+        max_detections=args.max_detections,
+        command=_import_command(args),
+    )  # fmt: skip
     try:
-        out = import_onnx(args.onnx, args.names, args.out, args.name, args.imgsz, args.force)
+        out = import_onnx(args.onnx, out=args.out, force=args.force, options=options)
         man = load_package(out).manifest
     except (YoloImportError, ManifestError) as e:
         print(f"detserve-model import: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote package {out}: {man.name} ({man.num_classes} classes, input "
-          f"{man.input_width}x{man.input_height}, max batch {man.max_batch_size})")
+    print(f"wrote package {out}: {man.name}@{man.version} ({man.num_classes} classes, input "
+          f"{man.input_width}x{man.input_height}, {man.precision}, max batch "
+          f"{man.max_batch_size}, score >= {man.postprocess.score_threshold}, NMS IoU "
+          f"{man.postprocess.iou_threshold})")
     return 0
 
 

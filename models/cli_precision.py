@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from detserve.engines.manifest import ManifestError
+from detserve.models.extras import explain
 
 
 def register(subparsers: Any) -> None:
@@ -93,7 +94,12 @@ def _register_compare(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help="COCO json or folder (val)")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--margin", type=float, default=1.0)
-    p.add_argument("--engine", default="onnxruntime")
+    p.add_argument("--engine", default=None,
+                   help="engine kind for both sides (default: each package's own: openvino for "
+                        "an OpenVINO IR model.xml, else onnxruntime)")  # fmt: skip
+    p.add_argument("--base-engine", default=None, help="engine kind for BASE (overrides --engine)")
+    p.add_argument("--other-engine", default=None,
+                   help="engine kind for OTHER (overrides --engine)")  # fmt: skip
     p.add_argument("--out", default=None, help="folder for precision.json and precision.md")
     p.set_defaults(func=_compare)
 
@@ -106,7 +112,7 @@ def _default_out(package: str, suffix: str) -> Path:
 
 
 def _fail(exc: Exception) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    print(f"error: {explain(exc)}", file=sys.stderr)
     return 2
 
 
@@ -152,7 +158,7 @@ def _quantize(args: argparse.Namespace) -> int:
                           "dequantize_nodes": result.quantized_nodes}))  # fmt: skip
         if args.eval_data:
             return _report(args.package, result.package, args.eval_data, args.eval_limit,
-                           args.margin, "onnxruntime", result.package)  # fmt: skip
+                           args.margin, ("onnxruntime", "onnxruntime"), result.package)  # fmt: skip
     except (ManifestError, ValueError) as exc:
         return _fail(exc)
     return 0
@@ -183,24 +189,26 @@ def _quantize_openvino(args: argparse.Namespace) -> int:
                       "fake_quantize_ops": result.fake_quantize,
                       "subset_size": result.subset_size}))  # fmt: skip
     if args.eval_data:
+        # Both sides on OpenVINO: the report measures the quantization, not an engine change.
         return _report(args.package, result.package, args.eval_data, args.eval_limit,
-                       args.margin, "openvino", result.package)  # fmt: skip
+                       args.margin, ("openvino", "openvino"), result.package)  # fmt: skip
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
+    engines = (args.base_engine or args.engine, args.other_engine or args.engine)
     try:
-        return _report(args.base, args.other, args.data, args.limit, args.margin, args.engine,
+        return _report(args.base, args.other, args.data, args.limit, args.margin, engines,
                        args.out)  # fmt: skip
-    except (ManifestError, ValueError) as exc:
+    except (ManifestError, ValueError, RuntimeError) as exc:  # RuntimeError: engine load
         return _fail(exc)
 
 
 def _report(base: str | Path, other: str | Path, data: str, limit: int | None, margin: float,
-            engine: str, out: str | Path | None) -> int:  # fmt: skip
+            engines: tuple[str | None, str | None], out: str | Path | None) -> int:  # fmt: skip
     from detserve.models.precision_report import compare_packages, write_comparison
 
-    cmp = compare_packages(base, other, data, limit, margin, engine)
+    cmp = compare_packages(base, other, data, limit, margin, engines)
     print(cmp.to_markdown(), end="")
     if out is not None:
         js, md = write_comparison(cmp, out)

@@ -112,7 +112,7 @@ def _register_card(subparsers: Any) -> None:
 
 
 def _card(args: argparse.Namespace) -> int:
-    from detserve.models.package import read_reports, write_model_card
+    from detserve.models.card import read_reports, write_model_card
 
     print(f"wrote {write_model_card(args.package, read_reports(args.report), args.note)}")
     return 0

@@ -5,6 +5,10 @@ and decoder), decoded at score >= 0.001 with the manifest's NMS IoU, as COCO eva
 metrics come from faster-coco-eval (see evaluate_metrics). The score threshold a package serves
 with is chosen on val (max F1 at IoU 0.5) and written to its manifest; a set whose COCO `info`
 says it is the test split is refused for that, so test never influences the model.
+
+The engine is the package's own unless one is named (an OpenVINO IR runs on OpenVINO). A package
+whose graph already applies a score threshold above 0.001 (in-graph NMS from `add-nms`) cannot
+show the detections below it; the report says so in a warning, since its AP then reads low.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from detserve.engines.base import DecodeParams, Engine
-from detserve.engines.manifest import ModelPackage, load_package, write_manifest
+from detserve.engines.manifest import (
+    Manifest,
+    ModelPackage,
+    default_engine_kind,
+    load_package,
+    write_manifest,
+)
 from detserve.models.coco import CocoSet, load_coco
 from detserve.models.evaluate_metrics import (
     CocoMetrics,
@@ -50,6 +60,7 @@ class EvalReport:
     metrics: CocoMetrics
     threshold: ThresholdChoice | None
     seconds: float
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +82,7 @@ def report_markdown(r: EvalReport) -> str:
         f"{m.n_images} images, {m.n_objects} objects, {m.n_detections} detections "
         f"(score >= {EVAL_SCORE_THRESHOLD}), {r.seconds:.1f} s.",
         "",
+        *[f"{w}\n" for w in r.warnings],
         "| metric | IoU | value |",
         "|---|---|---|",
         f"| mAP | 0.5 | {_fmt(m.map50)} |",
@@ -139,17 +151,42 @@ def dataset_split(gt: Mapping[str, Any]) -> str | None:
     return str(split) if split is not None else None
 
 
+def graph_threshold_warning(manifest: Manifest, label: str) -> str | None:
+    """A warning when the graph itself drops detections eval would count: in-graph NMS with a
+    score threshold above eval's, or fewer output boxes than eval keeps."""
+    nms = manifest.metadata.get("nms_graph")
+    if manifest.output_format != "end2end" or not isinstance(nms, Mapping):
+        return None
+    score = float(nms.get("score_threshold", 0.0))
+    boxes = int(nms.get("max_output_boxes", EVAL_MAX_DETECTIONS))
+    hidden = []
+    if score > EVAL_SCORE_THRESHOLD:
+        hidden.append(f"scores below {score:g} (eval counts from {EVAL_SCORE_THRESHOLD:g})")
+    if boxes < EVAL_MAX_DETECTIONS:
+        hidden.append(f"boxes beyond {boxes} per image (eval keeps {EVAL_MAX_DETECTIONS})")
+    if not hidden:
+        return None
+    return (f"WARNING: {label}'s graph applies its own NMS settings "
+            f"(metadata.nms_graph) and hides {' and '.join(hidden)}, so its AP reads lower "
+            f"than the same model's with host NMS; for a like-for-like comparison evaluate a "
+            f"copy made with `detserve-model add-nms --score-threshold {EVAL_SCORE_THRESHOLD:g} "
+            f"--max-detections {EVAL_MAX_DETECTIONS}`.")
+
+
 def evaluate_package(package: str | Path | ModelPackage, data: str | Path,
-                     engine_kind: str = "onnxruntime",
+                     engine_kind: str | None = None,
                      engine_options: Mapping[str, Any] | None = None,
                      limit: int | None = None, choose: bool = False,
                      batch_size: int = 8) -> EvalReport:
-    """Evaluate `package` on the COCO set `data` (json, or a folder with annotations.json)."""
+    """Evaluate `package` on the COCO set `data` (json, or a folder with annotations.json).
+    `engine_kind` None: the package's own (engines.manifest.default_engine_kind)."""
     from detserve.engines.factory import create_engine
 
     pkg = package if isinstance(package, ModelPackage) else load_package(package)
     coco = load_coco(data)
     man = pkg.manifest
+    engine_kind = engine_kind or default_engine_kind(man)
+    warning = graph_threshold_warning(man, pkg.root.name)
     started = time.perf_counter()
     engine = create_engine(pkg, engine_kind, engine_options)
     try:
@@ -163,7 +200,8 @@ def evaluate_package(package: str | Path | ModelPackage, data: str | Path,
         model=f"{man.name}@{man.version}", package=str(pkg.root), dataset=str(coco.path),
         split=dataset_split(coco.raw), engine=engine_kind,
         input_size=f"{man.input_width}x{man.input_height}", nms_iou=man.postprocess.iou_threshold,
-        metrics=metrics, threshold=threshold, seconds=time.perf_counter() - started)
+        metrics=metrics, threshold=threshold, seconds=time.perf_counter() - started,
+        warnings=() if warning is None else (warning,))
 
 
 def apply_threshold(package: str | Path, report: EvalReport) -> Path:
@@ -201,4 +239,4 @@ def write_report(report: EvalReport, out_dir: str | Path, stem: str = "eval") ->
 
 
 __all__ = ["EvalReport", "SplitError", "apply_threshold", "choose_threshold", "evaluate_package",
-           "predict_set", "write_report"]
+           "graph_threshold_warning", "predict_set", "write_report"]

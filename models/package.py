@@ -3,8 +3,8 @@
 Weights are rounded to float16 once, before anything is written: model.pt stores them as float16
 (half the bytes in git) and the ONNX graph is exported from the very same rounded weights, so the
 two files describe one model exactly. The score threshold and val metrics are filled in later by
-`detserve-model eval --choose-threshold` (on val, never test); the card is written from the
-manifest and the eval reports, so it never states a number no command printed.
+`detserve-model eval --choose-threshold` (on val, never test); the card (models/card.py) is
+written from the manifest and the eval reports, so it never states a number no command printed.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from detserve.engines.manifest import Manifest, Postprocess, load_package, write_manifest
+from detserve.engines.manifest import Manifest, Postprocess, write_manifest
+from detserve.models.card import CARD_FILE, read_reports, write_model_card
 from detserve.models.detector import Detector, DetectorConfig, build_detector, count_parameters
 from detserve.models.export import (
     BOX_TOLERANCE,
@@ -30,7 +31,9 @@ from detserve.models.export import (
 )
 
 CHECKPOINT_FILE = "model.pt"
-CARD_FILE = "MODEL_CARD.md"
+# The card lives in its own module, which needs no torch; re-exported for existing callers.
+__all__ = ["CARD_FILE", "PackageResult", "TrainingFacts", "machine_description", "read_reports",
+           "write_model_card", "write_package"]
 
 
 @dataclass(frozen=True)
@@ -117,102 +120,3 @@ def write_package(checkpoint: str | Path, out_dir: str | Path, input_size: int,
     )
     write_manifest(manifest, root)
     return PackageResult(root, parity, params)
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _eval_rows(reports: Sequence[Mapping[str, Any]]) -> list[str]:
-    rows = ["| input | images | objects | mAP@0.5 | mAP@0.5:0.95 | AP_small@0.5:0.95 | "
-            "AP_medium@0.5:0.95 | AP_large@0.5:0.95 | AP_small@0.5 |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for r in reports:
-        m = r["metrics"]
-        size, size50 = m["ap_size"], m["ap_size50"]
-        rows.append(f"| {r['input_size']} | {m['n_images']} | {m['n_objects']} | "
-                    f"{_fmt(m['map50'])} | {_fmt(m['map'])} | {_fmt(size.get('small'))} | "
-                    f"{_fmt(size.get('medium'))} | {_fmt(size.get('large'))} | "
-                    f"{_fmt(size50.get('small'))} |")
-    return rows
-
-
-def _class_rows(report: Mapping[str, Any]) -> list[str]:
-    rows = ["| class | AP@0.5 | AP@0.5:0.95 |", "|---|---|---|"]
-    for name, c in report["metrics"]["per_class"].items():
-        rows.append(f"| {name} | {_fmt(c['ap50'])} | {_fmt(c['ap'])} |")
-    return rows
-
-
-def _candidates_in_words(multi_label: bool) -> str:
-    if multi_label:
-        return ("class-aware, every (cell, class) pair above the threshold a candidate "
-                "(`postprocess.multi_label: true`, as EfficientNMS)")
-    return "class-aware, each cell proposing its best class only"
-
-
-def write_model_card(package_dir: str | Path, reports: Sequence[Mapping[str, Any]],
-                     notes: Sequence[str] = ()) -> Path:
-    """MODEL_CARD.md from the manifest and `detserve-model eval --out` reports (eval.json)."""
-    pkg = load_package(package_dir)
-    man = pkg.manifest
-    meta = man.metadata
-    if not reports:
-        raise ValueError("write_model_card needs at least one eval report")
-    det, tr, exp = meta.get("detector", {}), meta.get("training", {}), meta.get("export", {})
-    own = [r for r in reports if r["input_size"] == f"{man.input_width}x{man.input_height}"]
-    choice = meta.get("score_threshold_choice", {})
-    lines = [
-        f"# Model card: {man.name}@{man.version}, input {man.input_width}x{man.input_height}", "",
-        f"A {det.get('parameters', '?')}-parameter anchor-free detector (strides 8/16/32, "
-        f"width x{det.get('width_mult')}, depth x{det.get('depth_mult')}) trained from scratch on "
-        "detserve's synthetic scenes. Classes: " + ", ".join(man.classes) + ".",
-        "Output: YOLOv8 layout `[B, 4+nc, N]` (cx, cy, w, h in input pixels, sigmoid scores); "
-        f"host NMS, {_candidates_in_words(man.postprocess.multi_label)}. "
-        "Preprocessing: letterbox (pad 114), RGB, /255.", "",
-        "## Training", "",
-        f"- Command: `{tr.get('command')}`",
-        f"- Data: {tr.get('data')}",
-        f"- Steps: {tr.get('steps')}; machine: {tr.get('machine')}",
-    ]
-    history = tr.get("history") or []
-    if history:
-        # Per-epoch "minutes" restart at every resume, so no total is derived from them here.
-        lines.append(f"- Epochs: {history[-1].get('epoch')}; the in-training quick val mAP per "
-                     "epoch (PyTorch, 300 val scenes) is under metadata.training.history in "
-                     "manifest.yaml.")
-    lines += ["", "## Validation (val split, through the server's engine and decoder)", ""]
-    lines += _eval_rows(reports)
-    lines += ["", "AP_small is COCO's small (box area < 32^2 in original pixels). The same "
-              "weights at a larger input see small objects at more pixels.", ""]
-    if own:
-        lines += [f"Per class at {own[0]['input_size']}:", "", *_class_rows(own[0]), ""]
-    lines += [f"Score threshold: {man.postprocess.score_threshold} "
-              f"({choice.get('method', 'not chosen on val yet')}; F1 {choice.get('f1')}, "
-              f"precision {choice.get('precision')}, recall {choice.get('recall')}). "
-              f"NMS IoU {man.postprocess.iou_threshold}.", ""]
-    parity = exp.get("parity", {})
-    limits = parity.get("limits", {})
-    lines += ["## Export", "",
-              f"ONNX opset {exp.get('opset')}, dynamic batch, BatchNorm folded. ONNX Runtime vs "
-              f"PyTorch on {parity.get('inputs')}: max abs diff boxes "
-              f"{parity.get('max_abs_diff_boxes_px', float('nan')):.3g} px (limit "
-              f"{limits.get('boxes_px')}), scores "
-              f"{parity.get('max_abs_diff_scores', float('nan')):.3g} (limit "
-              f"{limits.get('scores')}). "
-              f"`{CHECKPOINT_FILE}` holds the same weights (float16) for the PyTorch engines.", ""]
-    for note in notes:  # one paragraph each
-        lines += [note, ""]
-    path = pkg.root / CARD_FILE
-    path.write_text("\n".join(lines).rstrip() + "\n")
-    return path
-
-
-def read_reports(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    out = []
-    for p in paths:
-        data = json.loads(Path(p).read_text())
-        if not isinstance(data, dict) or "metrics" not in data:
-            raise ValueError(f"{str(p)!r} is not a detserve-model eval report (eval.json)")
-        out.append(data)
-    return out

@@ -3,13 +3,17 @@
 Quantization hurts small objects and fine boxes first, so a single mAP number can hide a class
 or a size that fell apart. Every row is compared, and any row that loses more than `margin`
 points (AP x 100) is flagged.
+
+Each side runs on its package's own engine unless one is named per side, so ONNX Runtime FP32
+can be set against OpenVINO INT8. A side whose graph hides detections eval would count (in-graph
+NMS with a higher score threshold) gets a warning in the report: its "loss" is not precision's.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,8 @@ class PrecisionComparison:
     other_label: str
     margin_points: float
     rows: tuple[MetricRow, ...]
+    warnings: tuple[str, ...] = ()
+    engines: tuple[str, str] | None = None  # (base, other) engine kinds, when packages ran
 
     @property
     def flagged(self) -> list[MetricRow]:
@@ -61,6 +67,8 @@ class PrecisionComparison:
             "margin_points": self.margin_points,
             "rows": [{**asdict(r), "delta_points": r.delta_points} for r in self.rows],
             "flagged": [r.metric for r in self.flagged],
+            "warnings": list(self.warnings),
+            "engines": None if self.engines is None else list(self.engines),
         }
 
     def to_markdown(self) -> str:
@@ -76,6 +84,7 @@ class PrecisionComparison:
             )
         n = len(self.flagged)
         lines += ["", f"{n} row(s) lose more than {self.margin_points:g} point(s)."]
+        lines += [f"\n{w}" for w in self.warnings]
         return "\n".join(lines) + "\n"
 
 
@@ -131,17 +140,30 @@ def compare_packages(
     data: str | Path,
     limit: int | None = None,
     margin_points: float = DEFAULT_MARGIN,
-    engine_kind: str = "onnxruntime",
+    engines: tuple[str | None, str | None] = (None, None),
 ) -> PrecisionComparison:
-    """Evaluate both packages on the same COCO set through the server's path and compare."""
+    """Evaluate both packages on the same COCO set through the server's path and compare.
+    `engines`: (base, other) engine kinds; None is that package's own."""
     from detserve.engines.manifest import load_package
     from detserve.models.evaluate import evaluate_package
 
-    reports = [evaluate_package(d, data, engine_kind, limit=limit) for d in (base_dir, other_dir)]
+    dirs = (base_dir, other_dir)
+    reports = [evaluate_package(d, data, kind, limit=limit) for d, kind in zip(dirs, engines,
+                                                                                strict=True)]
+    kinds = (reports[0].engine, reports[1].engine)
     labels = (load_package(base_dir).manifest.precision, load_package(other_dir).manifest.precision)
     if labels[0] == labels[1]:  # same precision (e.g. host against in-graph NMS): use folders
-        labels = (Path(base_dir).name, Path(other_dir).name)
-    return compare_metrics(reports[0].metrics, reports[1].metrics, margin_points, labels)
+        labels = (_folder(base_dir), _folder(other_dir))
+    if kinds[0] != kinds[1] or labels[0] == labels[1]:
+        labels = (f"{labels[0]} ({kinds[0]})", f"{labels[1]} ({kinds[1]})")
+    cmp = compare_metrics(reports[0].metrics, reports[1].metrics, margin_points, labels)
+    warnings = tuple(w for r in reports for w in r.warnings)
+    return replace(cmp, warnings=warnings, engines=kinds)
+
+
+def _folder(package: str | Path) -> str:
+    path = Path(package)
+    return path.parent.name if path.name == "manifest.yaml" else path.name
 
 
 def write_comparison(cmp: PrecisionComparison, out_dir: str | Path) -> tuple[Path, Path]:

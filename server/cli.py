@@ -2,7 +2,8 @@
 
 Configuration: the YAML file (`--config`, else $DETSERVE_CONFIG, else the packaged default.yaml
 that serves the embedded shapes model), then environment variables `DETSERVE_<FIELD>`, then the
-flags below; flags win. `--model` serves packages given on the command line instead of the file's.
+flags below; flags win. `--model` serves packages given on the command line instead of the file's;
+`--engine`, `--max-batch-size` and `--max-queue-delay-ms` apply to those packages.
 """
 
 from __future__ import annotations
@@ -14,19 +15,28 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from detserve.engines.manifest import ManifestError
+from detserve.server.batching_config import BatchingConfig
 from detserve.server.config import (
     STREAM_POLICIES,
     ConfigError,
     ModelConfig,
     load_config,
+    parse_batching,
     resolve_package,
 )
 
 
-def parse_model_flag(value: str, engine: str) -> ModelConfig:
-    """`[name[@variant]=]PATH` (PATH may be builtin:<dir>) -> ModelConfig."""
+def parse_model_flag(
+    value: str,
+    engine: str | None = None,
+    batching: BatchingConfig | None = None,
+    max_batch_size_given: bool = False,
+) -> ModelConfig:
+    """`[name[@variant]=]PATH` (PATH may be builtin:<dir>) -> ModelConfig. `engine` None: the
+    package's own; a max_batch_size not given is lowered to what the model takes."""
     label, sep, path = value.rpartition("=")
     if not sep:
         label, path = "", value
@@ -38,7 +48,23 @@ def parse_model_flag(value: str, engine: str) -> ModelConfig:
         name=name or None,
         variant=variant or None,
         engine=engine,
+        batching=batching or BatchingConfig(),
+        max_batch_size_given=max_batch_size_given,
     )
+
+
+def model_batching(max_batch_size: int | None, max_queue_delay_ms: float | None
+                   ) -> tuple[BatchingConfig | None, bool]:
+    """The batching of the --model packages from the batching flags: (None, False) when neither
+    is given, else the config plus whether --max-batch-size was given."""
+    raw: dict[str, Any] = {}
+    if max_batch_size is not None:
+        raw["max_batch_size"] = max_batch_size
+    if max_queue_delay_ms is not None:
+        raw["max_queue_delay_ms"] = max_queue_delay_ms
+    if not raw:
+        return None, False
+    return parse_batching(raw, "--model batching"), max_batch_size is not None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], metavar="[NAME[@VARIANT]=]PATH",
                    help="serve this model package instead of the config file's models "
                    "(repeatable; the first is the default)")
-    p.add_argument("--engine", default="onnxruntime",
-                   help="engine kind for --model packages (default onnxruntime)")
+    p.add_argument("--engine", default=None,
+                   help="engine kind for --model packages (default: the package's own: "
+                   "openvino for an OpenVINO IR model.xml, else onnxruntime)")
+    p.add_argument("--max-batch-size", type=int, default=None, metavar="N",
+                   help="--model packages: images per engine run (default 8, lowered to what "
+                   "the model takes, e.g. 1 for a fixed-batch export)")
+    p.add_argument("--max-queue-delay-ms", type=float, default=None, metavar="MS",
+                   help="--model packages: how long the first request of a batch may wait for "
+                   "company (default 2)")
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--quiet", action="store_true", help="no per-request log lines")
     return p
@@ -88,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_level": args.log_level,
     }
     try:
-        models = [parse_model_flag(m, args.engine) for m in args.model]
+        models = flag_models(args)
         if models:
             models[0] = replace(models[0], default=True)
         config = load_config(args.config, os.environ, overrides, models)
@@ -102,6 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C during the drain
         return 130
     return 0
+
+
+def flag_models(args: argparse.Namespace) -> list[ModelConfig]:
+    batching, size_given = model_batching(args.max_batch_size, args.max_queue_delay_ms)
+    if not args.model and (batching is not None or args.engine is not None):
+        raise ConfigError(
+            "--engine, --max-batch-size and --max-queue-delay-ms apply to --model packages; "
+            "set engine and batching in the config file for its models"
+        )
+    return [parse_model_flag(m, args.engine, batching, size_given) for m in args.model]
 
 
 if __name__ == "__main__":

@@ -32,15 +32,22 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One served model. `name`/`variant` of None fall back to the manifest (name, input size)."""
+    """One served model. `name`/`variant` of None fall back to the manifest (name, input size);
+    `engine` None is the package's own (engines.manifest.default_engine_kind: OpenVINO for an
+    IR, else ONNX Runtime).
+
+    `max_batch_size_given` says the batching's max_batch_size was chosen (a YAML field or a
+    flag): above what the model takes it is an error. The default one is lowered to the model's
+    limit instead, so a fixed-batch export serves without a config file."""
 
     package: Path
     name: str | None = None
     variant: str | None = None
-    engine: str = "onnxruntime"
+    engine: str | None = None
     engine_options: Mapping[str, Any] = field(default_factory=dict)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     default: bool = False
+    max_batch_size_given: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,14 +215,17 @@ def parse_model(raw: Any, where: str, base_dir: Path) -> ModelConfig:
     if variant is not None and ("@" in str(variant) or not str(variant)):
         raise ConfigError(f"config field '{where}.variant' must be non-empty without '@', "
                           f"got {variant!r}")
+    engine = raw.get("engine")
+    batching = raw.get("batching")
     return ModelConfig(
         package=resolve_package(raw["package"], base_dir, f"{where}.package"),
         name=None if name is None else str(name),
         variant=None if variant is None else str(variant),
-        engine=_str(raw.get("engine", "onnxruntime"), f"{where}.engine"),
+        engine=None if engine is None else _str(engine, f"{where}.engine"),
         engine_options=dict(_mapping(raw.get("engine_options"), f"{where}.engine_options")),
-        batching=parse_batching(raw.get("batching"), f"{where}.batching"),
+        batching=parse_batching(batching, f"{where}.batching"),
         default=_bool(raw.get("default", False), f"{where}.default"),
+        max_batch_size_given=isinstance(batching, Mapping) and "max_batch_size" in batching,
     )
 
 

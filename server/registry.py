@@ -14,7 +14,7 @@ import inspect
 import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -25,15 +25,29 @@ from detserve.engines.base import DecodeParams, Engine, Letterbox
 from detserve.engines.batch_plan import executed_batch_size
 from detserve.engines.decode import decode_batch
 from detserve.engines.detections import Detections
-from detserve.engines.manifest import Manifest, ManifestError, ModelPackage, load_package
+from detserve.engines.manifest import (
+    Manifest,
+    ManifestError,
+    ModelPackage,
+    default_engine_kind,
+    load_package,
+)
 from detserve.engines.pipeline import infer_pixels
+from detserve.engines.warmup import warm_up
 from detserve.server.admission import InServer, ModelAdmission, ServiceTimes
 from detserve.server.batcher import Batcher
 from detserve.server.batching_config import BatchingConfig
 from detserve.server.config import ConfigError, ModelConfig, ServerConfig
 from detserve.server.errors import RequestError
+from detserve.server.logs import get_logger
 
 EngineFactory = Callable[[ModelPackage, str, Mapping[str, Any]], Engine]
+
+
+def _log() -> Any:
+    # Fetched per use: a logger bound at import would keep the logging setup of that moment,
+    # not the one serve() configures.
+    return get_logger("detserve.server.registry")
 
 
 def default_engine_factory(package: ModelPackage, kind: str, options: Mapping[str, Any]) -> Engine:
@@ -130,6 +144,8 @@ class ServedModel:
     batcher: Batcher[BatchItem, ItemResult]
     admission: ModelAdmission
     is_default: bool = False
+    # Batch sizes each engine ran once before the model was served (engines/warmup.py).
+    warmed_batch_sizes: tuple[int, ...] = ()
 
 
 def _variant_of(manifest: Manifest) -> str:
@@ -183,26 +199,66 @@ def engine_options(
     return options
 
 
-def _load(index: int, cfg: ModelConfig, factory: EngineFactory) -> list[Engine]:
+@dataclass(frozen=True)
+class Loaded:
+    """A model's engines and its effective config: the engine kind resolved from the package
+    where none was named, the batching fitted to what the model takes."""
+
+    config: ModelConfig
+    engines: list[Engine]
+    lowered_from: int | None = None  # the default max_batch_size the model could not take
+
+
+def fit_batching(cfg: ModelConfig, limit: int, where: str) -> ModelConfig:
+    """`cfg` with max_batch_size at most `limit` (the model's input.max_batch_size): a chosen
+    size above it is an error, the default one is lowered to it."""
+    b = cfg.batching
+    if b.max_batch_size <= limit:
+        return cfg
+    if cfg.max_batch_size_given:
+        raise ConfigError(
+            f"config field '{where}.batching.max_batch_size' is {b.max_batch_size}, "
+            f"above the model's input.max_batch_size {limit}; the model takes batches of at "
+            f"most {limit} (--max-batch-size or batching.max_batch_size {limit} or less)"
+        )
+    sizes = tuple(p for p in b.preferred_batch_sizes if p <= limit)
+    return replace(cfg, batching=replace(b, max_batch_size=limit, preferred_batch_sizes=sizes))
+
+
+def _load(index: int, cfg: ModelConfig, factory: EngineFactory) -> Loaded:
     where = f"models[{index}]"
     try:
         package = load_package(cfg.package)
     except ManifestError as exc:
         raise ConfigError(f"config field '{where}.package' ({cfg.package}): {exc}") from exc
-    limit = package.manifest.max_batch_size
-    if cfg.batching.max_batch_size > limit:
-        raise ConfigError(
-            f"config field '{where}.batching.max_batch_size' is {cfg.batching.max_batch_size}, "
-            f"above the model's input.max_batch_size {limit}"
-        )
-    options = engine_options(cfg, engine_class(cfg.engine))
+    fitted = fit_batching(cfg, package.manifest.max_batch_size, where)
+    kind = cfg.engine or default_engine_kind(package.manifest)
+    fitted = replace(fitted, engine=kind)
+    options = engine_options(fitted, engine_class(kind))
     try:
-        return [factory(package, cfg.engine, options) for _ in range(cfg.batching.instances)]
+        engines = [factory(package, kind, options) for _ in range(fitted.batching.instances)]
     except (ValueError, TypeError, RuntimeError) as exc:
         raise ConfigError(
-            f"config field '{where}.engine' ({cfg.engine!r}, options "
+            f"config field '{where}.engine' ({kind!r}, options "
             f"{options}) could not create an engine: {exc}"
         ) from exc
+    lowered = cfg.batching.max_batch_size if fitted.batching != cfg.batching else None
+    return Loaded(fitted, engines, lowered)
+
+
+def _warm(where: str, cfg: ModelConfig, engines: Sequence[Engine]) -> tuple[int, ...]:
+    """One run of each batch size every engine will run (its compiled sizes, else the sizes
+    the batcher forms), before the model is served."""
+    ran: tuple[int, ...] = ()
+    for engine in engines:
+        try:
+            ran = warm_up(engine, batch_sizes_for(cfg.batching))
+        except Exception as exc:  # any engine failure on zeros means the model cannot serve
+            raise ConfigError(
+                f"config field '{where}' ({cfg.package}): the {cfg.engine} engine failed its "
+                f"warm-up run: {exc}"
+            ) from exc
+    return ran
 
 
 class ModelRegistry:
@@ -219,13 +275,22 @@ class ModelRegistry:
         served: list[ServedModel] = []
         try:
             for index, cfg in enumerate(config.models):
-                engines = await asyncio.to_thread(_load, index, cfg, factory)
-                model = _served(cfg, engines, config)
+                loaded = await asyncio.to_thread(_load, index, cfg, factory)
+                model = _served(loaded.config, loaded.engines, config)
                 served.append(model)
                 if sum(m.key == model.key for m in served) > 1:
                     raise ConfigError(
                         f"config field 'models[{index}]' serves {model.key!r} a second time"
                     )
+                if loaded.lowered_from is not None:
+                    _log_lowered(model, loaded.lowered_from)
+                started = time.monotonic()
+                model.warmed_batch_sizes = await asyncio.to_thread(
+                    _warm, f"models[{index}]", model.config, model.pool.engines)
+                _log().info("warmed_up", model=model.key,
+                            batch_sizes=list(model.warmed_batch_sizes),
+                            engines=len(model.pool.engines),
+                            ms=round((time.monotonic() - started) * 1000.0, 1))
                 await model.batcher.start()
         except BaseException:
             await _stop_all(served, drain=False)
@@ -285,6 +350,17 @@ def _served(cfg: ModelConfig, engines: list[Engine], server: ServerConfig) -> Se
         admission=admission,
         is_default=cfg.default,
     )
+
+
+def _log_lowered(model: ServedModel, default_size: int) -> None:
+    size = model.config.batching.max_batch_size
+    _log().warning(
+        "batching_limited", model=model.key, package=str(model.config.package),
+        max_batch_size=size,
+        message=f"{model.key}: the model takes batches of at most {size} (manifest "
+        f"input.max_batch_size, e.g. a fixed-batch export), so batches are limited to {size} "
+        f"instead of the default {default_size}",
+    )  # fmt: skip
 
 
 async def _stop_all(models: Sequence[ServedModel], drain: bool) -> None:

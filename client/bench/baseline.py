@@ -46,15 +46,28 @@ def _timed_loop(fn: Any, duration_s: float, min_iters: int = 3) -> tuple[int, fl
             return n, elapsed
 
 
-def engine_choice(kind: str | None, options: Mapping[str, Any] | None
-                  ) -> tuple[str, Mapping[str, Any]]:
-    """The engine to build: `kind` with `options` (default none), or the served default's."""
+def engine_choice(kind: str | None, options: Mapping[str, Any] | None,
+                  package_dir: str | Path | None = None) -> tuple[str, Mapping[str, Any]]:
+    """The engine to build: `kind` with `options` (default none); without a kind, the served
+    default's engine and options for the served default's package (or when no package is
+    named), else the package's own engine (OpenVINO for an IR model.xml) with `options`."""
     if kind is not None:
         return kind, options or {}
     from detserve.client.bench.served import load_served_default
 
     served = load_served_default()
-    return served.engine, served.engine_options if options is None else options
+    if package_dir is None or _same_package(package_dir, served.model["package"]):
+        return served.engine, served.engine_options if options is None else options
+    from detserve.engines.manifest import default_engine_kind, load_package
+
+    return default_engine_kind(load_package(package_dir).manifest), options or {}
+
+
+def _same_package(package_dir: str | Path, served_package: Any) -> bool:
+    from detserve.client.bench.sweep import resolve_package
+
+    served = resolve_package(str(served_package), Path.cwd())
+    return Path(package_dir).resolve() == Path(served).resolve()
 
 
 def raw_engine_baseline(
@@ -68,9 +81,10 @@ def raw_engine_baseline(
 ) -> list[RawResult]:
     """Images per second of the bare engine at each batch size, on the benchmark's inputs.
 
-    `engine_kind` None: the served default's engine, and its engine options unless
-    `engine_options` are given (the package's manifest names the model file it loads, e.g. the
-    OpenVINO IR model.xml of builtin:shapes_320_int8)."""
+    `engine_kind` None: for the served default's package, the served default's engine and its
+    engine options unless `engine_options` are given; for any other package, the package's own
+    engine (its manifest names the model file it loads, e.g. the OpenVINO IR model.xml of
+    builtin:shapes_320_int8)."""
     import numpy as np
 
     from detserve.engines.base import DecodeParams
@@ -84,7 +98,7 @@ def raw_engine_baseline(
     bad = [b for b in batch_sizes if b < 1]
     if bad:
         raise ValueError(f"batch sizes must be >= 1, got {bad}")
-    engine_kind, engine_options = engine_choice(engine_kind, engine_options)
+    engine_kind, engine_options = engine_choice(engine_kind, engine_options, package_dir)
     package = load_package(package_dir)
     engine = create_engine(package, engine_kind, engine_options)
     manifest = engine.manifest

@@ -55,10 +55,12 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
 
 def _add_engine(p: argparse.ArgumentParser, kind_flag: str, options_flag: str) -> None:
     p.add_argument(kind_flag, default=None,
-                   help="raw engine kind (default: the served default's, server/default.yaml)")
+                   help="raw engine kind (default: for the served default's package its "
+                        "engine in server/default.yaml, for any other the package's own: "
+                        "openvino for an OpenVINO IR model.xml, else onnxruntime)")
     p.add_argument(options_flag, default=None,
                    help="raw engine options as a JSON object (default: the served default's "
-                        "when the engine is too, else none)")
+                        "for its package, else none)")
 
 
 def _add_run(sub: Any) -> None:
@@ -174,8 +176,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
     doc = new_document(config, {**spec.to_json(), "mean_bytes": inputs.mean_bytes})
     if args.raw_package:
         from detserve.client.bench.baseline import raw_engine_baseline
+        from detserve.client.bench.sweep import resolve_package
 
-        raws = raw_engine_baseline(args.raw_package, inputs.images, args.raw_batch_sizes,
+        raws = raw_engine_baseline(resolve_package(args.raw_package, Path.cwd()), inputs.images,
+                                   args.raw_batch_sizes,
                                    args.raw_duration_s, args.raw_engine,
                                    parse_engine_options(args.raw_engine_options))
         doc["raw_engine"] = [r.to_json() for r in raws]

@@ -69,10 +69,29 @@ def test_other_graph_load_errors_are_not_reworded(tiny_package: Path, tmp_path: 
 
 
 async def test_server_refuses_it_at_startup_naming_the_model(trt_package: Path) -> None:
-    model = ModelConfig(package=trt_package, batching=BatchingConfig(max_batch_size=2))
+    model = ModelConfig(package=trt_package, engine="onnxruntime",
+                        batching=BatchingConfig(max_batch_size=2))
     config = ServerConfig(host="127.0.0.1", port=0, metrics_port=None, models=(model,))
     with pytest.raises(ConfigError, match=(
         r"config field 'models\[0\]\.engine' \('onnxruntime'.*could not create an engine: "
         r"model package .* needs the tensorrt engine"
     )):  # fmt: skip
         await start_server(config)
+
+
+async def test_without_an_engine_the_server_picks_tensorrt_for_it(trt_package: Path) -> None:
+    # No engine named: the package's own (its NMS is a TensorRT plugin). Where TensorRT is not
+    # installed, the error names that engine, not an ONNX Runtime graph error.
+    model = ModelConfig(package=trt_package, batching=BatchingConfig(max_batch_size=2))
+    config = ServerConfig(host="127.0.0.1", port=0, metrics_port=None, models=(model,))
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"'models\[0\]\.engine' \('tensorrt'"):
+            await start_server(config)
+    else:
+        server = await start_server(config)
+        try:
+            assert server.registry.default.engine_kind == "tensorrt"
+        finally:
+            await server.stop(grace_s=1.0)

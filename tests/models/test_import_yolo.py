@@ -13,7 +13,8 @@ from detserve.engines.factory import create_engine
 from detserve.engines.manifest import load_package
 from detserve.engines.pipeline import detect_images
 from detserve.models import cli_eval
-from detserve.models.import_yolo import COCO80, YoloImportError, import_onnx
+from detserve.models.cli import main as cli_main
+from detserve.models.import_yolo import COCO80, ImportOptions, YoloImportError, import_onnx
 
 
 def _yolo80_onnx(path: Path, batch: int | str = "batch", size: int | str = 64,
@@ -116,3 +117,93 @@ def test_cli_import_and_make_dataset(tmp_path: Path, capsys: pytest.CaptureFixtu
     doc = json.loads((tmp_path / "d/test/annotations.json").read_text())
     assert [(i["width"], i["height"]) for i in doc["images"]] == [(320, 240), (320, 240)]
     assert doc["info"]["split"] == "test"
+
+
+def test_symbolic_class_rows_are_counted_by_a_dummy_run(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from .detector_packages import export_detector_onnx
+
+    # A 3-class model whose every output dim is symbolic: the shapes cannot say 3 classes.
+    src = export_detector_onnx(tmp_path / "dyn.onnx", size=64, dynamic="all",
+                               metadata={"names": "{0: 'a', 1: 'b', 2: 'c'}"})
+    out = onnx.load(str(src)).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in out] == ["batch", "rows", "anchors"]
+    with pytest.raises(YoloImportError, match=(
+            r"80 class names need an output of 84 rows .* the graph's output has 7 rows \(3 "
+            r"classes; read from a run of the graph on a dummy input")):  # fmt: skip
+        import_onnx(src, names="coco", out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    capsys.readouterr()  # the export's own warnings
+    assert cli_main(["import", str(src), "--names", "coco", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("detserve-model import: error: 80 class names")
+    man = load_package(import_onnx(src, out=tmp_path / "good")).manifest  # its own names fit
+    assert man.classes == ("a", "b", "c") and man.max_batch_size == 64
+    assert "dummy input" in man.metadata["import"]["class_count_from"]
+
+
+def test_manifest_tells_version_thresholds_and_source(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    src = _yolo80_onnx(tmp_path / "best.onnx", batch=1,
+                       metadata={"version": "8.3.40", "task": "detect", "author": "Ultralytics"})
+    args = ["import", str(src), "--names", "coco", "--out", str(tmp_path / "p"), "--version",
+            "3", "--score-threshold", "0.4", "--iou-threshold", "0.5", "--max-detections", "50"]
+    assert cli_main(args) == 0
+    assert "fp32, max batch 1, score >= 0.4, NMS IoU 0.5" in capsys.readouterr().out
+    man = load_package(tmp_path / "p").manifest
+    assert man.version == "3"  # the package's, not the exporter's
+    assert man.metadata["ultralytics_version"] == "8.3.40"
+    post = man.postprocess
+    assert (post.score_threshold, post.iou_threshold, post.max_detections) == (0.4, 0.5, 50)
+    assert man.metadata["import"] == {
+        "source": "best.onnx", "batch": "fixed at 1", "weights": "fp32",
+        "class_count_from": "the graph's output shape",
+        "command": f"detserve-model import {src} --names coco --out {tmp_path / 'p'} --version 3"
+                   " --score-threshold 0.4 --iou-threshold 0.5 --max-detections 50"}
+    default = load_package(import_onnx(src, names="coco", out=tmp_path / "d")).manifest
+    assert default.version == "1" and default.postprocess.score_threshold == 0.25
+    bad = ["import", str(src), "--names", "coco", "--out", str(tmp_path / "x"),
+           "--iou-threshold", "0"]
+    assert cli_main(bad) == 2
+    assert "--iou-threshold in (0, 1], got 0.25 and 0.0" in capsys.readouterr().err
+
+
+def test_fp16_exports_are_labelled_fp16_and_run(tiny_package: Path, tmp_path: Path) -> None:
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(tiny_package / "model.onnx"))
+    model.metadata_props.add(key="names", value="{0: 'red', 1: 'green', 2: 'blue'}")
+    for keep_io, stem in ((False, "half"), (True, "half_io32")):
+        half = float16.convert_float_to_float16(model, keep_io_types=keep_io)
+        onnx.save(half, str(tmp_path / f"{stem}.onnx"))
+        package = load_package(import_onnx(tmp_path / f"{stem}.onnx"))
+        assert package.manifest.precision == "fp16"
+        image = np.zeros((64, 64, 3), np.uint8)
+        image[0:32, 32:64] = (0, 255, 0)
+        engine = create_engine(package)
+        (dets,) = detect_images(engine, [image])
+        engine.close()
+        assert package.manifest.classes[int(dets.class_ids[0])] == "green"
+
+
+def test_card_of_an_imported_model_tells_where_it_came_from(tiny_package: Path,
+                                                            tmp_path: Path) -> None:
+    from detserve.models.card import write_model_card
+    from detserve.models.evaluate import evaluate_package
+
+    from .blocks_coco import write_blocks_set
+
+    src = _with_metadata(tiny_package / "model.onnx", tmp_path / "blocks.onnx",
+                         {"names": "{0: 'red', 1: 'green', 2: 'blue'}", "version": "8.3.40"})
+    out = import_onnx(src, out=tmp_path / "pkg",
+                      options=ImportOptions(command="detserve-model import blocks.onnx"))
+    report = evaluate_package(out, write_blocks_set(tmp_path / "set")).to_dict()
+    card = write_model_card(out, [report]).read_text()
+    assert "trained from scratch" not in card and "None" not in card
+    assert "imported by `detserve-model import` from the ONNX export `blocks.onnx` " \
+           "(Ultralytics 8.3.40)" in card
+    assert "not trained by detserve" in card
+    assert "- Command: `detserve-model import blocks.onnx`" in card
+    assert "- Weights: fp32; batch: dynamic" in card
+    assert "| 64x64 | 3 | 4 | 1.000 |" in card

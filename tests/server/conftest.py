@@ -2,7 +2,8 @@
 
 `GatedEngine` is a real OrtEngine behind a gate: its `infer` tells the test it was entered (an
 asyncio.Queue fed from the engine thread) and waits for `gate` before running, so a test decides
-when a batch finishes without sleeping. It records every batch it ran.
+when a batch finishes without sleeping. It records every batch it ran; the server's warm-up runs
+(before it serves) pass the gate and are recorded apart, in `warmed`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from detserve.engines.base import Engine
 from detserve.engines.manifest import Manifest, ModelPackage
 from detserve.engines.ort import OrtEngine
+from detserve.engines.warmup import warm_up
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
 from detserve.server.app import Server, start_server
@@ -71,6 +73,12 @@ class GatedEngine:
     entered: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
     batches: list[int] = field(default_factory=list)  # batch sizes run, in order
     fail_next: bool = False
+    warmed: list[int] = field(default_factory=list)  # batch sizes of the warm-up runs
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> tuple[int, ...]:
+        ran = warm_up(self.inner, batch_sizes)
+        self.warmed += ran
+        return ran
 
     @property
     def manifest(self) -> Manifest:

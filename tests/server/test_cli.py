@@ -90,8 +90,11 @@ models:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=WAIT_S * 3) == 0
         _wait_for_event(lines, "stopped", seen)
+        # Each model ran its batch sizes once before the server listened (and said SERVING).
         assert [r["event"] for r in seen if r["event"] != "request"] == [
-            "listening", "draining", "stopped"]
+            "warmed_up", "warmed_up", "listening", "draining", "stopped"]
+        assert [r["batch_sizes"] for r in seen if r["event"] == "warmed_up"] == [
+            [1, 2, 4, 8], [1, 2, 4, 8]]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -162,7 +162,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
     ({"package": Path("/no/such/package")}, ("'models[0].package'", "/no/such/package")),
     ({"engine": "warp-drive"}, ("'models[0].engine'", "'warp-drive'", "onnxruntime")),
     ({"engine_options": {"threads": 2}}, ("'models[0].engine'", "threads")),
-    ({"batching": BatchingConfig(max_batch_size=65)},
+    ({"batching": BatchingConfig(max_batch_size=65), "max_batch_size_given": True},
      ("'models[0].batching.max_batch_size'", "65", "64")),
 ])
 async def test_model_errors_at_start_name_field_and_value(
