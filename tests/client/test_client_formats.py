@@ -102,8 +102,12 @@ def scene_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @needs_default_package
 def test_cv2_imread_array_answers_like_the_jpeg_file(default_server: ThreadedServer,
                                                      scene_jpeg: Path) -> None:
+    # The file's pixels as a lossless PNG: the server decodes a JPEG this size at half size
+    # (DCT scaling), which moves boxes by a fraction of a pixel; a PNG it decodes in full,
+    # exactly as the client's array arrives.
+    same_pixels = encode(".png", cv2.imread(str(scene_jpeg)))
     with DetectClient(default_server.target) as client:
-        from_file = client.detect(scene_jpeg)
+        from_file = client.detect(same_pixels)
         from_imread = client.detect(cv2.imread(str(scene_jpeg)))  # BGR, with no option
         swapped = client.detect(cv2.imread(str(scene_jpeg)), DetectOptions(pixel_format="RGB8"))
     assert len(from_file.detections) >= 5
