@@ -173,7 +173,8 @@ async def start_grpc(
             on_stream_drop(model)
 
     core = DetectCore(catalog, lane, config.max_pixels, record,
-                      DecodePool(config.decode_thread_count))
+                      DecodePool(config.decode_thread_count),
+                      reduced_decode=config.jpeg_reduced_decode)
     streams = StreamSettings(config.stream_policy, config.stream_max_in_flight, dropped,
                              slots=StreamSlots(config.stream_max_frames_held))
     service = DetectorService(catalog, core, streams)
