@@ -17,10 +17,12 @@ from detserve.client.results import (
     ModelInfo,
     Timing,
 )
+from detserve.client.security import ChannelSecurity
 
 __all__ = [
     "AsyncDetectClient",
     "BatchingInfo",
+    "ChannelSecurity",
     "DetectClient",
     "DetectError",
     "DetectOptions",

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from detserve.client.cli_detect import run_detect
 from detserve.client.cli_output import EXIT_CODES_HELP, EXIT_OK, Output, UsageError
+from detserve.client.cli_security import add_security_args, security_from_args
 from detserve.client.cli_stream import SYNTHETIC_FRAMES, open_frames, run_stream
 from detserve.client.client import DetectClient, DetectOptions
 from detserve.client.images import PixelFormat
@@ -47,6 +49,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-call deadline in seconds")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line on stdout, errors included")
+    add_security_args(p)
 
 
 def _add_detect_options(p: argparse.ArgumentParser) -> None:
@@ -171,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"detect": cmd_detect, "stream": cmd_stream, "models": cmd_models}
     out = Output(args.json, args.target)
     try:
-        with DetectClient(args.target, timeout_s=args.timeout_s) as client:
+        security = security_from_args(args, os.environ)
+        with DetectClient(args.target, timeout_s=args.timeout_s, security=security) as client:
             return handlers[args.command](client, args, out)
     except (UsageError, DetectError) as err:
         return out.fatal(err)

@@ -26,6 +26,7 @@ from detserve.client.results import (
     model_info_from_proto,
     result_from_proto,
 )
+from detserve.client.security import ChannelSecurity, open_aio_channel, open_channel
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
 
@@ -118,17 +119,19 @@ class _FrameSourceFailure:
 
 
 class DetectClient:
-    """Blocking client. Use as a context manager or call close()."""
+    """Blocking client. Use as a context manager or call close(). `security`: TLS and a bearer
+    token (detserve.client.security.ChannelSecurity); plaintext without one."""
 
     def __init__(
         self,
         target: str,
         timeout_s: float | None = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        security: ChannelSecurity | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._channel = open_channel(target, channel_options(max_message_bytes), security)
         self._stub = pb_grpc.DetectorStub(self._channel)  # type: ignore[no-untyped-call]
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
@@ -221,19 +224,19 @@ class DetectClient:
 
 
 class AsyncDetectClient:
-    """grpc.aio client; create it inside a running event loop. `async with` closes it."""
+    """grpc.aio client; create it inside a running event loop. `async with` closes it.
+    `security` as for DetectClient."""
 
     def __init__(
         self,
         target: str,
         timeout_s: float | None = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        security: ChannelSecurity | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(
-            target, options=channel_options(max_message_bytes)
-        )
+        self._channel = open_aio_channel(target, channel_options(max_message_bytes), security)
         self._stub = pb_grpc.DetectorStub(self._channel)  # type: ignore[no-untyped-call]
 
     @property

@@ -29,9 +29,10 @@ from detserve.server.decode_pool import DecodePool
 from detserve.server.detect import DetectCore, RequestRecord
 from detserve.server.errors import RequestError
 from detserve.server.lanes import Lane, LocalLane
-from detserve.server.logs import configure_logging
+from detserve.server.logs import configure_logging, get_logger
 from detserve.server.observe import UNKNOWN_MODEL, RequestObserver, build_observer
 from detserve.server.registry import EngineFactory, ModelRegistry, default_engine_factory
+from detserve.server.security import EdgeSecurity, load_security
 from detserve.server.service import DetectorService
 from detserve.server.stream_slots import StreamSlots
 from detserve.server.streams import StreamSettings
@@ -73,6 +74,7 @@ class Server:
         self._stop_backend = stop_backend
         self._stopped = asyncio.Event()
         self._stopping = False
+        self.security = EdgeSecurity()  # what start_grpc applied: TLS, tokens, rate limits
 
     @property
     def metrics_port(self) -> int | None:
@@ -109,6 +111,7 @@ async def start_server(
     on_stream_drop: Callable[[str], None] | None = None,
 ) -> Server:
     """Load the models, bind `config.address` and start serving."""
+    security = load_security(config, get_logger())  # bad TLS/token files fail before loading
     registry = await ModelRegistry.start(config, naming_engines(engine_factory))
     try:
         observer = build_observer(config)
@@ -118,7 +121,7 @@ async def start_server(
             f"could not serve metrics on {config.host}:{config.metrics_port}: {exc}"
         ) from exc
     try:
-        return await _start(config, registry, observer, on_stream_drop)
+        return await _start(config, registry, observer, on_stream_drop, security)
     except BaseException:
         observer.close()
         await registry.stop(drain=False)
@@ -130,13 +133,14 @@ async def _start(
     registry: ModelRegistry,
     observer: RequestObserver,
     on_stream_drop: Callable[[str], None] | None,
+    security: EdgeSecurity,
 ) -> Server:
     def record(rec: RequestRecord) -> None:
         observer.request(rec, registry)
 
     lane = LocalLane(registry, PixelBudget(config.max_pixels_in_flight))
     return await start_grpc(config, registry, lane, record, observer, on_stream_drop,
-                            registry.stop)
+                            registry.stop, security=security)
 
 
 async def start_grpc(
@@ -148,9 +152,13 @@ async def start_grpc(
     on_stream_drop: Callable[[str], None] | None,
     stop_backend: Callable[[bool], Awaitable[None]],
     reuse_port: bool = False,
+    security: EdgeSecurity | None = None,
 ) -> Server:
     """The Detector service, health and reflection on `config.address`, serving `catalog`
-    through `lane`. `reuse_port`: share the port with the other front-end processes."""
+    through `lane`. `reuse_port`: share the port with the other front-end processes.
+    `security` (TLS, tokens, rate limits) is loaded from `config` when not given."""
+    if security is None:
+        security = load_security(config, observer.logger)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -161,6 +169,8 @@ async def start_grpc(
         ],
         # A backstop in gRPC itself (RESOURCE_EXHAUSTED beyond it); admission decides first.
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        interceptors=security.interceptors(
+            catalog, observer.metrics, observer.logger if config.log_requests else None),
     )
 
     def dropped(model: str) -> None:
@@ -181,11 +191,12 @@ async def start_grpc(
     pb_grpc.add_DetectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     try:
-        port = server.add_insecure_port(config.address)
+        port = security.bind(server, config.address)
     except RuntimeError as exc:
         raise ServerStartError(
             f"could not bind gRPC address {config.address!r} (port in use?): {exc}"
@@ -195,7 +206,9 @@ async def start_grpc(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(server, port, catalog, service, health, observer, core, stop_backend)
+    running = Server(server, port, catalog, service, health, observer, core, stop_backend)
+    running.security = security
+    return running
 
 
 def serving_summary(registry: Catalog) -> dict[str, dict[str, str]]:
@@ -231,6 +244,7 @@ async def serve(
         models=sorted(server.registry.models),
         default_model=server.registry.default.key,
         serving=serving_summary(server.registry),
+        security=server.security.summary(config),
     )
     if ready is not None:
         ready(server)

@@ -19,6 +19,7 @@ from typing import Any
 
 from detserve.engines.manifest import ManifestError
 from detserve.server.batching_config import BatchingConfig
+from detserve.server.cli_security import add_security_flags, security_overrides
 from detserve.server.config import (
     STREAM_POLICIES,
     ConfigError,
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "company (default 2)")
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    add_security_flags(p)
     return p
 
 
@@ -119,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "drain_grace_s": args.drain_grace_s,
         "log_requests": False if args.quiet else None,
         "log_level": args.log_level,
+        **security_overrides(args),
     }
     try:
         models = flag_models(args)

@@ -75,6 +75,19 @@ class ServerConfig:
     jpeg_reduced_decode: bool = True
     log_requests: bool = True
     log_level: str = "INFO"
+    # Security (README "Security"; server/security.py): TLS when tls_cert_file is set (then no
+    # plaintext port); mutual TLS, client certificates required, with tls_client_ca_file;
+    # bearer tokens from auth_token_file (re-read when it changes) or auth_tokens
+    # ($DETSERVE_AUTH_TOKENS, kept out of repr); requests/s per token, or per peer without
+    # auth (0 = off).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    auth_token_file: Path | None = None
+    auth_tokens: str | None = field(default=None, repr=False)
+    reflection: bool = True
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: int | None = None  # None: one second's worth
     models: tuple[ModelConfig, ...] = ()
 
     @property
@@ -144,6 +157,33 @@ def _optional_port(value: Any, where: str) -> int | None:
     if value is None or (isinstance(value, str) and value.lower() in ("", "none", "off")):
         return None
     return _int(value, where, 0, 65535)
+
+
+SECURITY_PATHS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_token_file")
+SECURITY_FIELDS = (*SECURITY_PATHS, "auth_tokens", "reflection", "rate_limit_rps",
+                   "rate_limit_burst")
+
+
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.lower() in ("", "none", "off"))
+
+
+def _security_scalar(name: str, value: Any) -> Any:
+    """Paths are taken as given (relative ones from the working directory); the files are read
+    at start (server/security.py)."""
+    if name in SECURITY_PATHS:
+        return None if _unset(value) else Path(_str(str(value), name)).expanduser()
+    if name == "reflection":
+        return _bool(value, name)
+    if name == "auth_tokens":  # never echoed: the value is secret
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ConfigError("config field 'auth_tokens' must be a string of tokens")
+        return value
+    if name == "rate_limit_rps":
+        return 0.0 if _unset(value) else _float(value, name, 0.0)
+    return None if _unset(value) else _int(value, name, 1)  # rate_limit_burst
 
 
 def _str(value: Any, where: str) -> str:
@@ -235,6 +275,8 @@ def parse_model(raw: Any, where: str, base_dir: Path) -> ModelConfig:
 
 def _scalar(name: str, value: Any) -> Any:
     where = name
+    if name in SECURITY_FIELDS:
+        return _security_scalar(name, value)
     if name == "host":
         return _str(value, where)
     if name == "port":

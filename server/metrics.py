@@ -103,8 +103,15 @@ class ServerMetrics:
         self.rejected = Counter(
             "detserve_rejected",
             "Requests refused on arrival, before any decode, by the admission bound they hit "
-            "(queue_full, queue_wait, deadline, pixel_budget).",
+            "(queue_full, queue_wait, deadline, pixel_budget) or the caller's rate limit "
+            "(rate_limit).",
             ["model", "reason"], registry=reg,
+        )  # fmt: skip
+        self.auth_refused = Counter(
+            "detserve_auth_refused",
+            "Calls refused by token auth: no_token, bad_token (UNAUTHENTICATED), scope "
+            "(PERMISSION_DENIED).",
+            ["reason"], registry=reg,
         )  # fmt: skip
         self.rejection_time = Histogram(
             "detserve_rejection_seconds",

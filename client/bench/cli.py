@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +40,9 @@ from detserve.client.bench.resultsdoc import (
 from detserve.client.bench.runner import LoadPlan, describe, run_plan
 from detserve.client.bench.schedule import ARRIVALS
 from detserve.client.bench.served import parse_engine_options
+from detserve.client.cli_security import add_security_args, security_from_args
 from detserve.client.results import DetectError
+from detserve.client.security import ChannelSecurity
 
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
@@ -106,6 +109,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="results JSON (CSV written beside)")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     _add_inputs(p)
+    add_security_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,10 +155,11 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
                     args.fps, args.stale_ms)
 
 
-async def _batching_of(target: str, model: str) -> tuple[dict[str, Any] | None, str]:
+async def _batching_of(target: str, model: str, security: ChannelSecurity | None = None
+                       ) -> tuple[dict[str, Any] | None, str]:
     from detserve.client.client import AsyncDetectClient
 
-    async with AsyncDetectClient(target, timeout_s=10.0) as client:
+    async with AsyncDetectClient(target, timeout_s=10.0, security=security) as client:
         try:
             info = await client.model_info(model)
         except DetectError as err:
@@ -168,6 +173,7 @@ async def _batching_of(target: str, model: str) -> tuple[dict[str, Any] | None, 
 
 async def cmd_run(args: argparse.Namespace) -> int:
     plan = plan_from_args(args)
+    security = security_from_args(args, os.environ)
     spec = _input_spec(args)
     inputs = load_inputs(spec)
     requests = build_requests(inputs.images, args.model)
@@ -183,8 +189,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
                                    args.raw_duration_s, args.raw_engine,
                                    parse_engine_options(args.raw_engine_options))
         doc["raw_engine"] = [r.to_json() for r in raws]
-    batching, model_name = await _batching_of(args.target, args.model)
+    batching, model_name = await _batching_of(args.target, args.model, security)
     levels = await run_plan(args.target, requests, plan, show_progress=not args.no_progress,
+                            security=security,
                             limits=SaturationLimits(max_cpu_cores=args.max_client_cpu),
                             on_level=lambda lv: print(describe(lv.summary), flush=True))
     role = "no_batching" if batching and batching["max_batch_size"] == 1 else "external"

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import grpc.aio
 from tqdm import tqdm
 
 from detserve.client.bench.loads import (
@@ -28,6 +27,7 @@ from detserve.client.bench.recorder import (
 )
 from detserve.client.bench.schedule import ARRIVALS
 from detserve.client.client import channel_options
+from detserve.client.security import ChannelSecurity, open_aio_channel
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
 
@@ -95,12 +95,12 @@ async def run_plan(
     target: str, requests: Sequence[pb.DetectRequest], plan: LoadPlan, label: str = "",
     show_progress: bool = True, limits: SaturationLimits | None = None,
     on_level: Callable[[LevelResult], None] | None = None,
+    security: ChannelSecurity | None = None,
 ) -> list[LevelResult]:
-    """Every level of `plan` against `target`, in order, on one shared channel."""
+    """Every level of `plan` against `target`, in order, on one shared channel (TLS and a
+    token as `security` says)."""
     results: list[LevelResult] = []
-    async with grpc.aio.insecure_channel(
-        target, options=channel_options(MAX_MESSAGE_BYTES)
-    ) as channel:
+    async with open_aio_channel(target, channel_options(MAX_MESSAGE_BYTES), security) as channel:
         stub = pb_grpc.DetectorStub(channel)  # type: ignore[no-untyped-call]
         for level in plan.levels:
             bar = tqdm(desc=f"{label} {plan.mode} {level:g}".strip(), unit="req",
