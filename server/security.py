@@ -39,8 +39,8 @@ class EdgeSecurity:
         tls = "off" if self.credentials is None else "mutual" if mutual else "on"
         return {
             "tls": tls,
-            "auth": "off" if self.tokens is None else f"{len(self.tokens.fingerprints)} tokens "
-                                                      f"from {self.tokens.source}",
+            "auth": "off" if self.tokens is None else _count(len(self.tokens.fingerprints),
+                                                              f"from {self.tokens.source}"),
             "rate_limit_rps": self.limiter.rate if self.limiter is not None else None,
             "reflection": config.reflection,
         }
@@ -59,6 +59,10 @@ class EdgeSecurity:
         else:
             port = server.add_insecure_port(address)
         return port
+
+
+def _count(n: int, where: str) -> str:
+    return f"{n} token{'' if n == 1 else 's'} {where}"
 
 
 def token_events(logger: Any) -> EventSink:
