@@ -50,7 +50,9 @@ class RequestObserver:
         self.metrics = ServerMetrics()
         self.metrics_port: int | None = None
         if config.metrics_port is not None:
-            self.metrics_port = self.metrics.start_http(config.metrics_port, addr=config.host)
+            # Where gRPC listens, and nowhere else; "[::]" is gRPC's spelling of an IPv6 host.
+            host = config.host.removeprefix("[").removesuffix("]")
+            self.metrics_port = self.metrics.start_http(config.metrics_port, addr=host)
 
     def request(self, rec: RequestRecord, registry: ModelRegistry) -> None:
         served = registry.models.get(rec.model)
