@@ -230,8 +230,15 @@ def serving_summary(registry: Catalog) -> dict[str, dict[str, str]]:
 async def serve(
     config: ServerConfig, ready: Callable[[Server], None] | None = None
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and return (the process then exits 0)."""
+    """Serve until SIGTERM or SIGINT, then drain and return (the process then exits 0).
+    With `workers` > 1 the supervisor of server/workers serves instead (`ready` is not
+    called: no Server lives in this process)."""
     configure_logging(config.log_level)
+    if config.workers > 1:
+        from detserve.server.workers.supervisor import supervise
+
+        await supervise(config)
+        return
     server = await start_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-ms", type=float, default=None, metavar="MS",
                    help="--model packages: how long the first request of a batch may wait for "
                    "company (default 2)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="front-end processes sharing the port, feeding one engine process "
+                   "(default 1: one process)")
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--quiet", action="store_true", help="no per-request log lines")
     add_security_flags(p)
@@ -122,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_requests": False if args.quiet else None,
         "log_level": args.log_level,
         **security_overrides(args),
+        "workers": args.workers,
     }
     try:
         models = flag_models(args)

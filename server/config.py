@@ -75,6 +75,9 @@ class ServerConfig:
     jpeg_reduced_decode: bool = True
     log_requests: bool = True
     log_level: str = "INFO"
+    # Front-end processes sharing the port, feeding one engine process (server/workers);
+    # 1: everything in this one process.
+    workers: int = 1
     # Security (README "Security"; server/security.py): TLS when tls_cert_file is set (then no
     # plaintext port); mutual TLS, client certificates required, with tls_client_ca_file;
     # bearer tokens from auth_token_file (re-read when it changes) or auth_tokens
@@ -284,7 +287,7 @@ def _scalar(name: str, value: Any) -> Any:
     if name == "metrics_port":
         return _optional_port(value, where)
     if name in ("max_message_bytes", "max_pixels", "max_pixels_in_flight", "max_concurrent_rpcs",
-                "stream_max_in_flight", "stream_max_frames_held"):
+                "stream_max_in_flight", "stream_max_frames_held", "workers"):
         return _int(value, where, 1)
     if name == "decode_threads":
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "auto")):

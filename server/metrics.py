@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from typing import Final
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -42,6 +43,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 DETECTION_COUNT_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 300)
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 MEGAPIXEL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 33.2)
+# With front-end workers (server/workers) these gauges are set by the engine process alone: its
+# latest value is the server's. One process ignores the mode.
+_ENGINE_SETS: Final = "mostrecent"
 # Longer image side; the tiers of common camera and model resolutions (320 ... 4K UHD).
 MAX_SIDE_TIERS = (320, 480, 640, 960, 1280, 1920, 2560, 3840)
 
@@ -134,12 +138,12 @@ class ServerMetrics:
         self.requests_in_server = Gauge(
             "detserve_requests_in_server",
             "Admitted requests not yet answered (decode, queue and engine run together).",
-            ["model"], registry=reg,
+            ["model"], registry=reg, multiprocess_mode=_ENGINE_SETS,
         )  # fmt: skip
         self.expected_queue_wait = Gauge(
             "detserve_expected_queue_wait_seconds",
             "Admission's estimate of the wait a request arriving now would have.",
-            ["model"], registry=reg,
+            ["model"], registry=reg, multiprocess_mode=_ENGINE_SETS,
         )  # fmt: skip
         self.detections = Histogram(
             "detserve_detections_per_frame",
@@ -168,7 +172,7 @@ class ServerMetrics:
         )  # fmt: skip
         self.queue_depth = Gauge(
             "detserve_queue_depth", "Requests waiting in the batcher queue.",
-            ["model"], registry=reg,
+            ["model"], registry=reg, multiprocess_mode=_ENGINE_SETS,
         )  # fmt: skip
         self.dropped_frames = Counter(
             "detserve_stream_dropped_frames",

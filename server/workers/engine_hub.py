@@ -1,0 +1,280 @@
+"""The engine process's side of the front-end connections.
+
+Each front-end request is a `LocalTicket` of the engine's own `LocalLane` here, driven by the
+messages of ipc.py: ADMIT runs the same admission and pixel budget as one process does, SUBMIT
+puts the canvas (a view of the request's slot) in the batcher, DROP and CANCEL end it early.
+So the bounds of server/admission.py (queue size, expected wait, deadlines, pixels in flight)
+count every front end's requests together, and a refusal carries the same retry pushback.
+
+When a front end's connection closes (it exited or died), every request it held here is dropped:
+queued ones leave the batcher, tickets are released, and its slots go back to its partition,
+counted in detserve_worker_slots_freed_total. Replies for it are never written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import grpc
+
+from detserve.engines.base import DecodeParams, Letterbox
+from detserve.engines.preprocess import PreparedPixels
+from detserve.server.admission import Rejected
+from detserve.server.catalog import ModelEntry
+from detserve.server.decode_pool import DecodeOutcome
+from detserve.server.errors import RequestError, to_request_error
+from detserve.server.lanes import LocalLane, LocalTicket
+from detserve.server.logs import get_logger
+from detserve.server.observe import RequestObserver
+from detserve.server.registry import ModelRegistry, ServedModel
+from detserve.server.workers import ipc
+from detserve.server.workers.mp_metrics import WorkerMetrics
+from detserve.server.workers.slots import Partition, Segment, SlotLayout, write_rows
+
+
+@dataclass(eq=False)
+class _Request:
+    model: ServedModel
+    ticket: LocalTicket | None = None  # None until admitted
+    slot: int | None = None
+    task: asyncio.Task[None] | None = None  # a waiting admission, or the batch submission
+    submitted: bool = False
+
+
+@dataclass(eq=False)
+class _Conn:
+    stream: ipc.MessageStream | None = None
+    index: int | None = None  # the front end's, after HELLO
+    requests: dict[int, _Request] = field(default_factory=dict)
+    lost: bool = False
+
+
+def _decoded(decode_s: float | None) -> DecodeOutcome:
+    return DecodeOutcome(decoded=decode_s is not None, decode_s=decode_s or 0.0)
+
+
+class EngineHub:
+    def __init__(self, registry: ModelRegistry, lane: LocalLane, segments: list[Segment],
+                 layout: SlotLayout, observer: RequestObserver, metrics: WorkerMetrics) -> None:
+        self.registry = registry
+        self.lane = lane
+        self.segments = segments
+        self.layout = layout
+        self.partitions = [Partition(layout.slots) for _ in segments]
+        self.observer = observer
+        self.metrics = metrics
+        self.stopping = False
+        self.connections: dict[int, _Conn] = {}
+        self.idle = asyncio.Event()  # no front end connected
+        self.idle.set()
+        self._entries = [ModelEntry.of(m) for m in registry.models.values()]
+        self._log = get_logger("detserve.server.workers")
+
+    def new_stream(self) -> ipc.MessageStream:
+        """The protocol of one accepted connection (loop.create_unix_server's factory)."""
+        conn = _Conn()
+        stream = ipc.MessageStream(lambda m: self._on_message(conn, m),
+                                   lambda exc: self._on_lost(conn, exc))
+        conn.stream = stream
+        return stream
+
+    def close_all(self) -> None:
+        for conn in list(self.connections.values()):
+            if conn.stream is not None:
+                conn.stream.close()
+
+    # -- messages ------------------------------------------------------------------------
+
+    def _on_message(self, conn: _Conn, message: ipc.Message) -> None:
+        kind = message[0]
+        if kind == ipc.ADMIT:
+            self._admit(conn, *message[1:])
+        elif kind == ipc.SUBMIT:
+            self._submit(conn, *message[1:])
+        elif kind == ipc.DROP:
+            self._drop(conn, *message[1:])
+        elif kind == ipc.CANCEL:
+            request = conn.requests.get(message[1])
+            if request is not None and request.task is not None:
+                request.task.cancel()
+        elif kind == ipc.HELLO:
+            self._hello(conn, *message[1:])
+        else:
+            raise ipc.ProtocolError(f"unknown message {kind!r}")
+
+    def _hello(self, conn: _Conn, index: int, pid: int) -> None:
+        if not 0 <= index < len(self.segments) or conn.index is not None:
+            raise ipc.ProtocolError(f"HELLO from front end {index!r} (pid {pid})")
+        old = self.connections.get(index)
+        if old is not None and old.stream is not None:  # its EOF is still on the way
+            old.stream.close()
+            self._on_lost(old, None)
+        conn.index = index
+        self.connections[index] = conn
+        self.idle.clear()
+        self.metrics.connected.set(len(self.connections))
+        self._log.info("worker_connected", worker=index, pid=pid)
+        self._send(conn, (ipc.WELCOME, self._entries, self.segments[index].name, self.layout))
+
+    def _admit(self, conn: _Conn, tid: int, key: str, deadline: float | None, held: bool,
+               pixels: int) -> None:
+        if conn.index is None:
+            raise ipc.ProtocolError("ADMIT before HELLO")
+        model = self.registry.models.get(key)
+        if model is None:
+            self._refuse(conn, tid, RequestError(grpc.StatusCode.NOT_FOUND,
+                                                 f"unknown model {key!r}"))
+            return
+        if self.stopping:
+            self._refuse(conn, tid, RequestError(grpc.StatusCode.UNAVAILABLE,
+                                                 "server is shutting down (draining)"), model)
+            return
+        request = _Request(model)
+        if not held:
+            try:
+                request.ticket = self.lane.admit_now(model, deadline, pixels)
+            except RequestError as exc:
+                self._refuse(conn, tid, exc, model)
+                return
+            conn.requests[tid] = request
+            request.slot = self.partitions[conn.index].try_take()
+            if request.slot is not None:
+                self._admitted(conn, tid, request)
+                return
+        conn.requests[tid] = request
+        request.task = asyncio.create_task(self._admit_waiting(conn, tid, request, deadline,
+                                                               held, pixels))
+
+    async def _admit_waiting(self, conn: _Conn, tid: int, request: _Request,
+                             deadline: float | None, held: bool, pixels: int) -> None:
+        """A stream frame waiting for the pixel budget, or any request for a free slot."""
+        assert conn.index is not None
+        try:
+            if held:
+                request.ticket = await self.lane.admit_held(request.model, deadline, pixels)
+            request.slot = await self.partitions[conn.index].take()
+        except asyncio.CancelledError:  # DROP, or the front end is gone
+            self._end(conn, tid, request)
+            return
+        except RequestError as exc:
+            self._end(conn, tid, request)
+            self._refuse(conn, tid, exc, request.model)
+            return
+        request.task = None
+        self._admitted(conn, tid, request)
+
+    def _admitted(self, conn: _Conn, tid: int, request: _Request) -> None:
+        assert request.ticket is not None and conn.index is not None
+        self._slots_changed(conn.index)
+        self._send(conn, (ipc.ADMITTED, tid, request.slot, request.ticket.expected_decode_s))
+
+    def _submit(self, conn: _Conn, tid: int,
+                letterbox: tuple[float, float, float, float, int, int],
+                params: tuple[float, float, int, tuple[int, ...] | None],
+                deadline: float | None, decode_s: float | None) -> None:
+        request = conn.requests.get(tid)
+        if request is None or request.ticket is None or request.slot is None:
+            raise ipc.ProtocolError(f"SUBMIT for request {tid}, which holds no slot")
+        request.ticket.decoded(_decoded(decode_s))
+        request.ticket.decode_finished()
+        request.submitted = True
+        score, iou, top, classes = params
+        decode = DecodeParams(score, iou, top, None if classes is None else frozenset(classes))
+        box = Letterbox(*letterbox)
+        request.task = asyncio.create_task(self._run(conn, tid, request, box, decode, deadline))
+
+    async def _run(self, conn: _Conn, tid: int, request: _Request, letterbox: Letterbox,
+                   params: DecodeParams, deadline: float | None) -> None:
+        assert request.ticket is not None and request.slot is not None and conn.index is not None
+        segment = self.segments[conn.index]
+        manifest = request.model.manifest
+        try:
+            canvas = segment.image(request.slot, manifest.input_height, manifest.input_width)
+            outcome = await request.ticket.submit(PreparedPixels(canvas, letterbox), params,
+                                                  deadline)
+        except asyncio.CancelledError:  # CANCEL, or the front end is gone: nobody to answer
+            pass
+        except Exception as exc:
+            error = to_request_error(exc)
+            self._send(conn, (ipc.FAILED, tid, error.code.name, error.message))
+        else:
+            result = outcome.value
+            rows, overflow = write_rows(segment.reply(request.slot), result.detections)
+            self._send(conn, (ipc.RESULT, tid, rows, overflow, outcome.batch_size,
+                              result.executed_batch_size, outcome.queue_s, outcome.run_s,
+                              result.inference_s, result.postprocess_s))
+        finally:
+            self._end(conn, tid, request)
+
+    def _drop(self, conn: _Conn, tid: int, decode_s: float | None) -> None:
+        request = conn.requests.get(tid)
+        if request is None:
+            return  # refused, or already ended
+        if request.task is not None:
+            request.task.cancel()  # its own handler ends it
+            return
+        if request.ticket is not None:
+            request.ticket.decoded(_decoded(decode_s))
+        self._end(conn, tid, request)
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _end(self, conn: _Conn, tid: int, request: _Request) -> None:
+        """Give back everything `request` holds, once."""
+        if conn.requests.get(tid) is request:
+            del conn.requests[tid]
+        ticket, request.ticket = request.ticket, None
+        if ticket is not None:
+            if not request.submitted:  # still counted in the decode stage
+                ticket.decode_finished()
+            ticket.release()
+        if request.slot is not None and conn.index is not None:
+            self.partitions[conn.index].give(request.slot)
+            request.slot = None
+            self._slots_changed(conn.index)
+        self.observer.model_state(request.model)
+
+    def _on_lost(self, conn: _Conn, exc: Exception | None) -> None:
+        if conn.lost:
+            return
+        conn.lost = True
+        if conn.index is not None and self.connections.get(conn.index) is conn:
+            del self.connections[conn.index]
+            self.metrics.connected.set(len(self.connections))
+            if not self.connections:
+                self.idle.set()
+        held = sum(r.slot is not None for r in conn.requests.values())
+        dropped = len(conn.requests)
+        for tid, request in list(conn.requests.items()):
+            if request.task is not None:
+                request.task.cancel()
+            else:
+                self._end(conn, tid, request)
+        if conn.index is None:
+            return
+        if held:
+            self.metrics.slots_freed.labels(str(conn.index)).inc(held)
+        log = self._log.warning if held or exc is not None else self._log.info
+        log("worker_disconnected", worker=conn.index, requests_dropped=dropped,
+            slots_freed=held, error=None if exc is None else repr(exc))
+
+    def _refuse(self, conn: _Conn, tid: int, error: RequestError,
+                model: ServedModel | None = None) -> None:
+        if isinstance(error, Rejected):
+            reason, retry = error.reason, error.retry_after_s
+        else:
+            reason, retry = "", None
+        self._send(conn, (ipc.REFUSED, tid, error.code.name, error.message, reason, retry))
+        if model is not None:
+            self.observer.model_state(model)
+
+    def _slots_changed(self, index: int) -> None:
+        self.metrics.slots_in_use.labels(str(index)).set(self.partitions[index].in_use)
+
+    @staticmethod
+    def _send(conn: _Conn, message: ipc.Message) -> None:
+        if conn.stream is not None:
+            with contextlib.suppress(ConnectionError):
+                conn.stream.send(message)
