@@ -34,8 +34,13 @@ class UsageError(Exception):
 def unavailable_hint(target: str, err: DetectError) -> str:
     if "shutting down" in err.details:
         return f"the server at {target} is shutting down; retry once it is back"
+    if "handshake failed" in err.details.lower():
+        return ("the TLS handshake failed: check --ca-file (the CA that signed the server's "
+                "certificate), --server-name, and --cert-file/--key-file if the server "
+                "requires client certificates")
     return (f"is the server running at {target}? Start one with `detserve-server` or "
-            f"`bash run.sh serve`, or point --target at it")
+            f"`bash run.sh serve`, or point --target at it; a server with TLS needs --ca-file "
+            f"or --tls")
 
 
 def error_json(err: BaseException, target: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from detserve.client import ChannelSecurity
 from detserve.client.bench.cli import main as bench_main
 from detserve.client.bench.resultsdoc import load_document
 from detserve.client.cli import main as client_main
-from detserve.client.cli_output import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from detserve.client.cli_output import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from detserve.client.client import AsyncDetectClient, DetectClient
 from detserve.client.results import DetectError
 from detserve.client.security import ChannelSecurityError
@@ -137,6 +137,12 @@ def test_detserve_client_flags_and_token_variable(
     assert client_main(["models", *tls]) == EXIT_FAILED
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: UNAUTHENTICATED") and len(err.splitlines()) == 1
+    # Connection failures say what to check: TLS for a plaintext client, the CA for a handshake.
+    assert client_main(["models", "--target", secure_server.target]) == EXIT_UNAVAILABLE
+    assert "a server with TLS needs --ca-file or --tls" in capsys.readouterr().err
+    assert client_main(["models", "--target", secure_server.target, "--ca-file",
+                        str(pki.wrong_ca)]) == EXIT_UNAVAILABLE
+    assert "the TLS handshake failed: check --ca-file" in capsys.readouterr().err
     missing = tmp_path / "nope.pem"
     assert client_main(["models", "--target", secure_server.target, "--ca-file",
                         str(missing), "--token", TOKEN]) == EXIT_USAGE
