@@ -26,6 +26,14 @@ Sweep file (YAML):
     inputs: {source: synthetic, count: 16, width: 640, height: 480, format: jpeg}
     baselines: {raw_engine: {batch_sizes: [1, 4, 8], duration_s: 3}, no_batching: true}
     startup_timeout_s: 120
+    interleave: true              # all servers up at once, levels taken in turns (below)
+
+With `interleave` (the default), every setting's server starts first, then the sweep runs level
+by level, each setting in turn at that level (the order rotating from level to level), so a
+burst of load elsewhere on the host, or a slow drift, hits all settings alike: the ratios
+between settings at a level come from minutes apart at most, not from the length of the whole
+sweep. Only the setting under load is busy; the others sit idle. `interleave: false` runs one
+server after another, each through the whole ladder (less memory).
 
 The settings are the cross product of every grid list; a field the grid leaves out takes its
 value from `model.batching` (batching fields beyond the grid's, e.g. preferred_batch_sizes or
@@ -46,7 +54,7 @@ Several instances, queue sizes or queue waits on the grid give one baseline each
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +72,8 @@ from detserve.client.bench.server_proc import ServerProcess, free_port, server_c
 from detserve.protos import detection_pb2 as pb
 
 BUILTIN = "builtin:"
-_TOP_KEYS = ("model", "server", "grid", "load", "inputs", "baselines", "startup_timeout_s")
+_TOP_KEYS = ("model", "server", "grid", "load", "inputs", "baselines", "startup_timeout_s",
+             "interleave")
 _LOAD_SETTINGS = ("transport", "warmup_s", "duration_s", "max_requests", "timeout_s",
                   "max_outstanding", "streams", "seed")
 
@@ -81,6 +90,7 @@ class SweepConfig:
     startup_timeout_s: float
     raw: dict[str, Any]
     base_batching: dict[str, Any] | None = None  # model.batching, as given
+    interleave: bool = True
 
 
 def resolve_package(value: str, base_dir: Path) -> Path:
@@ -133,6 +143,7 @@ def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
         startup_timeout_s=float(raw.get("startup_timeout_s", 120.0)),
         raw=dict(raw),
         base_batching=None if base_batching is None else dict(base_batching),
+        interleave=bool(raw.get("interleave", True)),
     )
 
 
@@ -162,6 +173,9 @@ async def run_sweep(cfg: SweepConfig, out_dir: Path, show_progress: bool = True)
             print(f"raw engine batch {r.batch_size}: {r.pipeline_images_per_s:.1f} img/s "
                   f"(infer only {r.infer_images_per_s:.1f} img/s)", flush=True)
         write_json(doc, json_path)
+    if cfg.interleave:
+        await _run_interleaved(cfg, requests, out_dir, doc, show_progress)
+        return json_path
     bar = tqdm(cfg.settings, desc="settings", unit="setting", disable=not show_progress)
     for point in bar:
         bar.set_postfix_str(point.name)
@@ -173,6 +187,46 @@ async def run_sweep(cfg: SweepConfig, out_dir: Path, show_progress: bool = True)
         write_csv(doc, csv_path)
     bar.close()
     return json_path
+
+
+async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], out_dir: Path,
+                           doc: dict[str, Any], show_progress: bool) -> None:
+    """Every setting's server up at once; level by level, each setting in turn."""
+    procs: list[ServerProcess] = []
+    try:
+        for point in cfg.settings:
+            model = {**cfg.model, "engine_options": point.engine_options}
+            proc = ServerProcess(server_config(model, point.batching, free_port(), cfg.server),
+                                 out_dir, point.name)
+            procs.append(proc)
+            await proc.start(cfg.startup_timeout_s)
+            await targetinfo.fetch_and_remember(proc.target)
+        levels: list[list[LevelResult]] = [[] for _ in cfg.settings]
+        first = len(doc["settings"])
+        doc["settings"].extend(setting_entry(p.name, p.role, p.batching.to_yaml(), proc.target,
+                                             [], engine_options=p.engine_options)
+                               for p, proc in zip(cfg.settings, procs, strict=True))
+        for k, level in enumerate(cfg.plan.levels):
+            one = replace(cfg.plan, levels=(level,))
+            for i in _rotated(len(cfg.settings), k):
+                point, proc = cfg.settings[i], procs[i]
+                (result,) = await run_plan(proc.target, requests, one, label=point.name,
+                                           show_progress=show_progress)
+                tqdm.write(f"{point.name} {describe(result.summary)}")
+                levels[i].append(result)
+                doc["settings"][first + i] = setting_entry(
+                    point.name, point.role, point.batching.to_yaml(), proc.target, levels[i],
+                    engine_options=point.engine_options)
+            write_json(doc, out_dir / "results.json")
+            write_csv(doc, out_dir / "results.csv")
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def _rotated(n: int, k: int) -> list[int]:
+    """0..n-1 starting at k mod n: no setting always runs first (or right after a heavy one)."""
+    return [(k + i) % n for i in range(n)]
 
 
 async def _run_point(cfg: SweepConfig, point: SweepPoint, requests: list[pb.DetectRequest],

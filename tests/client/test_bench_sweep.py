@@ -80,4 +80,13 @@ def test_short_sweep_writes_json_csv_plots_and_report(tiny_package: Path, blocks
         assert (out / f"{png}.png").stat().st_size > 1000 and f"]({png}.png)" in report
     # Each setting's server said what it serves (GetModelInfo), asked when it came up.
     assert [s["target_info"]["engine"] for s in doc["settings"]] == ["onnxruntime"] * 2
+    # Interleaved (the default): both servers were up at once, each ran the ladder in order.
+    assert len({s["target"] for s in doc["settings"]}) == 2
+    assert [[lv["spec"]["level"] for lv in s["levels"]] for s in doc["settings"]] == [[1, 4]] * 2
     assert all(s["target_info"]["name"] == "blocks@64" for s in doc["settings"])
+
+
+def test_interleaved_order_rotates_per_level() -> None:
+    from detserve.client.bench.sweep import _rotated
+
+    assert [_rotated(3, k) for k in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
