@@ -37,7 +37,7 @@ class WorkerMetrics:
     """Written by the engine process."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        reg = registry if registry is not None else CollectorRegistry()
+        reg = self.registry = registry if registry is not None else CollectorRegistry()
         self.slots_in_use = Gauge(
             "detserve_worker_slots_in_use",
             "Shared-memory slots held by a front end's requests in the engine process "

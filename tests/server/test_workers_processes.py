@@ -9,9 +9,13 @@ behind a gate shared across processes (workers_harness.GatedFactory), never behi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import multiprocessing
 import os
 import signal
+import socket
+import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -276,3 +280,58 @@ async def test_two_workers_serve_the_detections_of_one_process(
     defaults = expected[::2]  # the calls without parameters; every frame has none
     assert [list(f.detections) for f in frames[::2]] == [list(w.detections) for w in defaults]
     assert [list(f.detections) for f in frames[1::2]] == [list(w.detections) for w in defaults]
+
+
+def _cli(*argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "detserve.server.cli", *argv],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+
+
+def _event(proc: subprocess.Popen[str], name: str) -> dict[str, Any]:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("event") == name:
+                return record
+    raise AssertionError(f"the server ended without logging {name!r}")
+
+
+def test_cli_workers_flag_serves_and_exits_0_on_sigterm(tmp_path: Path,
+                                                        tiny_package: Path) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text(f"host: 127.0.0.1\nport: 0\nmetrics_port: null\nlog_requests: false\n"
+                      f"models:\n  - package: {tiny_package}\n")
+    proc = _cli("--config", str(config), "--workers", "2")
+    try:
+        listening = _event(proc, "listening")
+        assert listening["workers"] == 2 and len(listening["worker_pids"]) == 2
+        with grpc.insecure_channel(listening["address"]) as channel:
+            stub = pb_grpc.DetectorStub(channel)  # type: ignore[no-untyped-call]
+            assert boxes_of(stub.Detect(request_for(GOOD), timeout=WAIT_S)) == GOOD_BOXES
+        proc.send_signal(signal.SIGTERM)
+        _event(proc, "stopped")
+        assert proc.wait(timeout=START_S) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_workers_errors_are_one_clear_line(tmp_path: Path, tiny_package: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "detserve.server.cli", "--workers", "0",
+                           "--model", str(tiny_package)],
+                          capture_output=True, text=True, timeout=START_S)
+    assert done.returncode == 2
+    assert "config field 'workers' must be an integer >= 1, got 0" in done.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "detserve.server.cli", "--workers", "2",
+                               "--model", str(tiny_package), "--host", "127.0.0.1",
+                               "--port", str(port), "--metrics-port", "off"],
+                              capture_output=True, text=True, timeout=START_S)
+    assert done.returncode == 1
+    assert f"could not bind gRPC address '127.0.0.1:{port}' (port in use?)" in done.stderr
+    assert "Traceback" not in done.stderr
