@@ -66,6 +66,7 @@ from detserve.client.bench.baseline import raw_engine_baseline
 from detserve.client.bench.grid import SweepPoint, grid_settings
 from detserve.client.bench.inputs import InputSpec, build_requests, load_inputs
 from detserve.client.bench.loads import LoadSettings
+from detserve.client.bench.procstat import RssSampler
 from detserve.client.bench.resultsdoc import new_document, setting_entry, write_csv, write_json
 from detserve.client.bench.runner import LevelResult, LoadPlan, describe, run_plan
 from detserve.client.bench.server_proc import ServerProcess, free_port, server_config
@@ -210,8 +211,7 @@ async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], o
             one = replace(cfg.plan, levels=(level,))
             for i in _rotated(len(cfg.settings), k):
                 point, proc = cfg.settings[i], procs[i]
-                (result,) = await run_plan(proc.target, requests, one, label=point.name,
-                                           show_progress=show_progress)
+                result = await _level_with_rss(proc, requests, one, point.name, show_progress)
                 tqdm.write(f"{point.name} {describe(result.summary)}")
                 levels[i].append(result)
                 doc["settings"][first + i] = setting_entry(
@@ -242,8 +242,24 @@ async def _run_point(cfg: SweepConfig, point: SweepPoint, requests: list[pb.Dete
 
     try:
         await targetinfo.fetch_and_remember(proc.target)  # recorded with the setting's entry
-        levels = await run_plan(proc.target, requests, cfg.plan, label=point.name,
-                                show_progress=show_progress, on_level=announce)
+        levels = []
+        for level in cfg.plan.levels:
+            levels.append(await _level_with_rss(proc, requests, replace(cfg.plan, levels=(level,)),
+                                                point.name, show_progress))
+            announce(levels[-1])
     finally:
         proc.stop()
     return levels, proc.target
+
+
+async def _level_with_rss(proc: ServerProcess, requests: list[pb.DetectRequest], one: LoadPlan,
+                          label: str, show_progress: bool) -> LevelResult:
+    """The one level of `one` against `proc`, its server's VmRSS sampled meanwhile (every
+    50 ms, procstat), so each level records the server's peak RSS beside its latencies."""
+    if proc.proc is None:
+        raise RuntimeError(f"server for {label} is not running")
+    with RssSampler(proc.proc.pid) as rss:
+        (result,) = await run_plan(proc.target, requests, one, label=label,
+                                   show_progress=show_progress)
+    result.server_rss_peak_mb = rss.stats().peak_mb
+    return result
