@@ -73,6 +73,8 @@ def main() -> None:
     p.add_argument("--static-batch-sizes", type=sizes_list, nargs="*", default=[],
                    help="extra engine_options.static_batch_sizes lists, e.g. 1,8 1,2,4,8 none")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    p.add_argument("--client-nice", type=int, default=0,
+                   help="lower the load generator's CPU priority once the servers run")
     args = p.parse_args()
     grid, batching = build_grid(args)
     sweep = {
@@ -86,6 +88,7 @@ def main() -> None:
         "baselines": {"raw_engine": {"batch_sizes": sorted({1, *grid["max_batch_size"]}),
                                      "duration_s": min(args.duration_s, 5.0)},
                       "no_batching": True},
+        "client_nice": args.client_nice,
     }
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

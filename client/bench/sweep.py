@@ -27,13 +27,16 @@ Sweep file (YAML):
     baselines: {raw_engine: {batch_sizes: [1, 4, 8], duration_s: 3}, no_batching: true}
     startup_timeout_s: 120
     interleave: true              # all servers up at once, levels taken in turns (below)
+    client_nice: 0                # interleave only: the load generator's nice once servers run
 
 With `interleave` (the default), every setting's server starts first, then the sweep runs level
 by level, each setting in turn at that level (the order rotating from level to level), so a
 burst of load elsewhere on the host, or a slow drift, hits all settings alike: the ratios
 between settings at a level come from minutes apart at most, not from the length of the whole
 sweep. Only the setting under load is busy; the others sit idle. `interleave: false` runs one
-server after another, each through the whole ladder (less memory).
+server after another, each through the whole ladder (less memory). `client_nice: N` lowers the
+load generator's CPU priority once every server runs (they keep theirs), so on cores it shares
+with them it takes what they leave, as clients on other machines would.
 
 The settings are the cross product of every grid list; a field the grid leaves out takes its
 value from `model.batching` (batching fields beyond the grid's, e.g. preferred_batch_sizes or
@@ -53,6 +56,7 @@ Several instances, queue sizes or queue waits on the grid give one baseline each
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,7 +78,7 @@ from detserve.protos import detection_pb2 as pb
 
 BUILTIN = "builtin:"
 _TOP_KEYS = ("model", "server", "grid", "load", "inputs", "baselines", "startup_timeout_s",
-             "interleave")
+             "interleave", "client_nice")
 _LOAD_SETTINGS = ("transport", "warmup_s", "duration_s", "max_requests", "timeout_s",
                   "max_outstanding", "streams", "seed")
 
@@ -92,6 +96,7 @@ class SweepConfig:
     raw: dict[str, Any]
     base_batching: dict[str, Any] | None = None  # model.batching, as given
     interleave: bool = True
+    client_nice: int = 0
 
 
 def resolve_package(value: str, base_dir: Path) -> Path:
@@ -107,6 +112,9 @@ def resolve_package(value: str, base_dir: Path) -> Path:
 def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
     if not isinstance(raw, Mapping):
         raise ValueError(f"sweep file must be a mapping, got {type(raw).__name__}")
+    if raw.get("client_nice") and not raw.get("interleave", True):
+        raise ValueError("sweep field 'client_nice' needs interleave: true (a server started "
+                         "after the load generator lowered its priority would inherit it)")
     unknown = set(raw) - set(_TOP_KEYS)
     if unknown:
         raise ValueError(f"unknown sweep field(s) {sorted(unknown)}; allowed: {list(_TOP_KEYS)}")
@@ -145,6 +153,7 @@ def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
         raw=dict(raw),
         base_batching=None if base_batching is None else dict(base_batching),
         interleave=bool(raw.get("interleave", True)),
+        client_nice=int(raw.get("client_nice", 0)),
     )
 
 
@@ -202,6 +211,8 @@ async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], o
             procs.append(proc)
             await proc.start(cfg.startup_timeout_s)
             await targetinfo.fetch_and_remember(proc.target)
+        if cfg.client_nice:
+            os.nice(cfg.client_nice)  # after the servers started: they keep their priority
         levels: list[list[LevelResult]] = [[] for _ in cfg.settings]
         first = len(doc["settings"])
         doc["settings"].extend(setting_entry(p.name, p.role, p.batching.to_yaml(), proc.target,
