@@ -28,7 +28,7 @@ import grpc
 
 from detserve.client.bench import targetinfo
 from detserve.client.bench.inputs import FORMATS, InputSpec, build_requests, load_inputs
-from detserve.client.bench.loads import MODES, TRANSPORTS, LoadSettings
+from detserve.client.bench.loads import DEFAULT_CHANNELS, MODES, TRANSPORTS, LoadSettings
 from detserve.client.bench.recorder import SaturationLimits
 from detserve.client.bench.resultsdoc import (
     load_document,
@@ -89,6 +89,9 @@ def _add_run(sub: Any) -> None:
                    help="DetectStream policy sent as call metadata (default: the server's)")
     p.add_argument("--streams", type=int, default=1,
                    help="open loop over streams: spread frames over this many streams")
+    p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS,
+                   help="connections to spread calls over (each its own; a server with "
+                   "--workers N gives each connection to one worker)")
     p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured warm-up per level")
     p.add_argument("--duration-s", type=float, default=10.0, help="measurement window per level")
     p.add_argument("--max-requests", type=int, default=1_000_000,
@@ -148,6 +151,7 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
     settings = LoadSettings(transport=transport, warmup_s=args.warmup_s,
                             duration_s=args.duration_s, max_requests=args.max_requests,
                             timeout_s=args.timeout_s, streams=args.streams, seed=args.seed,
+                            channels=args.channels,
                             max_outstanding=args.max_outstanding,
                             stream_policy=args.stream_policy)
     levels = {"closed": args.concurrency, "open": args.rate, "camera": args.cameras}[args.mode]

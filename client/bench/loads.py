@@ -3,6 +3,11 @@
 Each level runs a warm-up, then a measurement window bounded by time (`duration_s`) and by
 count (`max_requests`). Requests are built once up front and reused, so the client spends its
 CPU on gRPC, not on encoding images.
+
+Senders take the stubs given round robin. A server with front-end workers (`--workers N`) shares
+its port with SO_REUSEPORT, and the kernel hands each connection to one worker: one channel
+would pin every call to one worker, so the runner opens `channels` channels, each with its own
+connection (runner.py).
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ from detserve.protos import detection_pb2_grpc as pb_grpc
 
 MODES = ("closed", "open", "camera")
 TRANSPORTS = ("unary", "stream")
+# Connections per level: enough that SO_REUSEPORT's hash reaches every worker of a many-worker
+# server; a closed loop uses at most one per caller.
+DEFAULT_CHANNELS = 16
 Progress = Callable[[int], None]
+Stubs = pb_grpc.DetectorStub | Sequence[pb_grpc.DetectorStub]
 _EDGE_S = 1e-9
 
 
@@ -42,7 +51,7 @@ class LoadSettings:
     streams: int = 1  # open loop over streams: frames spread round robin over this many
     seed: int = 0
     stream_policy: str | None = None  # DetectStream policy: block, latest; None = server's
-
+    channels: int = DEFAULT_CHANNELS  # connections to spread senders over (runner.py)
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -53,7 +62,7 @@ class LoadSettings:
                              f"and {self.duration_s!r}")
         if self.stream_policy not in (None, "block", "latest"):
             raise ValueError(f"stream_policy must be block or latest, got {self.stream_policy!r}")
-        for name in ("max_requests", "max_outstanding", "streams"):
+        for name in ("max_requests", "max_outstanding", "streams", "channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
@@ -135,10 +144,18 @@ class _Run:
         return max(self.count_bound_at - self.settings.warmup_s, 1e-9)
 
 
-def _sender(stub: pb_grpc.DetectorStub, settings: LoadSettings) -> Sender:
+def _senders(stubs: Stubs, settings: LoadSettings, n: int) -> list[Sender]:
+    """`n` senders, sender i on stub i mod the stubs' count."""
+    pool = [stubs] if isinstance(stubs, pb_grpc.DetectorStub) else list(stubs)
+    if not pool:
+        raise ValueError("need at least one stub, got none")
     if settings.transport == "stream":
-        return StreamSender(stub, settings.stream_policy)
-    return UnarySender(stub, settings.timeout_s)
+        return [StreamSender(pool[i % len(pool)], settings.stream_policy) for i in range(n)]
+    return [UnarySender(pool[i % len(pool)], settings.timeout_s) for i in range(n)]
+
+
+def _count(stubs: Stubs) -> int:
+    return 1 if isinstance(stubs, pb_grpc.DetectorStub) else len(stubs)
 
 
 async def _close_all(senders: Sequence[Sender]) -> None:
@@ -146,7 +163,7 @@ async def _close_all(senders: Sequence[Sender]) -> None:
 
 
 async def run_closed(
-    stub: pb_grpc.DetectorStub, requests: Sequence[pb.DetectRequest], concurrency: int,
+    stub: Stubs, requests: Sequence[pb.DetectRequest], concurrency: int,
     settings: LoadSettings, progress: Progress | None = None,
 ) -> LevelRun:
     """`concurrency` workers, each sending its next request as soon as the last one returns,
@@ -155,7 +172,7 @@ async def run_closed(
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
     run = _Run(requests, settings, progress)
-    senders = [_sender(stub, settings) for _ in range(concurrency)]
+    senders = _senders(stub, settings, concurrency)
 
     async def worker(index: int) -> None:
         sender = senders[index]
@@ -183,13 +200,14 @@ async def _fire(run: _Run, sender: Sender, req: pb.DetectRequest, scheduled: flo
 
 
 async def run_open(
-    stub: pb_grpc.DetectorStub, requests: Sequence[pb.DetectRequest], rate_rps: float,
+    stub: Stubs, requests: Sequence[pb.DetectRequest], rate_rps: float,
     arrivals: str, settings: LoadSettings, progress: Progress | None = None,
 ) -> LevelRun:
     """Requests due at planned times whatever the replies do; latency counts from the plan."""
     run = _Run(requests, settings, progress)
-    n_senders = settings.streams if settings.transport == "stream" else 1
-    senders = [_sender(stub, settings) for _ in range(n_senders)]
+    # Unary calls go round robin over one sender per stub (per connection).
+    n_senders = settings.streams if settings.transport == "stream" else _count(stub)
+    senders = _senders(stub, settings, n_senders)
     tasks: set[asyncio.Task[None]] = set()
     for i, offset in enumerate(arrival_offsets(rate_rps, arrivals, settings.seed)):
         due = run.t0 + offset
@@ -216,7 +234,7 @@ async def run_open(
 
 
 async def run_camera(
-    stub: pb_grpc.DetectorStub, requests: Sequence[pb.DetectRequest], cameras: int, fps: float,
+    stub: Stubs, requests: Sequence[pb.DetectRequest], cameras: int, fps: float,
     settings: LoadSettings, progress: Progress | None = None,
 ) -> LevelRun:
     """`cameras` cameras at `fps` each, paced by asyncio-throttle. A frame's latency counts
@@ -224,7 +242,7 @@ async def run_camera(
     if cameras < 1 or not fps > 0:
         raise ValueError(f"need cameras >= 1 and fps > 0, got {cameras!r} and {fps!r}")
     run = _Run(requests, settings, progress)
-    senders = [_sender(stub, settings) for _ in range(cameras)]
+    senders = _senders(stub, settings, cameras)
     period = 1.0 / fps
 
     async def camera(index: int) -> None:

@@ -14,6 +14,7 @@ from detserve.client.bench.loads import (
     MODES,
     LevelRun,
     LoadSettings,
+    Stubs,
     run_camera,
     run_closed,
     run_open,
@@ -80,7 +81,7 @@ class LevelResult:
 
 
 async def run_level(
-    stub: pb_grpc.DetectorStub, requests: Sequence[pb.DetectRequest], plan: LoadPlan,
+    stub: Stubs, requests: Sequence[pb.DetectRequest], plan: LoadPlan,
     level: float, progress: Callable[[int], None] | None = None,
 ) -> LevelRun:
     s = plan.settings
@@ -97,11 +98,16 @@ async def run_plan(
     on_level: Callable[[LevelResult], None] | None = None,
     security: ChannelSecurity | None = None,
 ) -> list[LevelResult]:
-    """Every level of `plan` against `target`, in order, on one shared channel (TLS and a
-    token as `security` says)."""
+    """Every level of `plan` against `target`, in order, on `plan.settings.channels` channels
+    shared by the levels (TLS and a token as `security` says). Each channel has a subchannel
+    pool of its own, so its own connection: a server with front-end workers gets calls on
+    several workers (loads.py)."""
     results: list[LevelResult] = []
-    async with open_aio_channel(target, channel_options(MAX_MESSAGE_BYTES), security) as channel:
-        stub = pb_grpc.DetectorStub(channel)  # type: ignore[no-untyped-call]
+    options = [*channel_options(MAX_MESSAGE_BYTES), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [open_aio_channel(target, options, security)
+                for _ in range(plan.settings.channels)]
+    try:
+        stub = [pb_grpc.DetectorStub(c) for c in channels]  # type: ignore[no-untyped-call]
         for level in plan.levels:
             bar = tqdm(desc=f"{label} {plan.mode} {level:g}".strip(), unit="req",
                        disable=not show_progress, leave=False, mininterval=0.5)
@@ -116,6 +122,8 @@ async def run_plan(
             if on_level is not None:
                 on_level(result)
             await asyncio.sleep(plan.pause_s)
+    finally:
+        await asyncio.gather(*(c.close() for c in channels))
     return results
 
 

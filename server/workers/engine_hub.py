@@ -122,6 +122,7 @@ class EngineHub:
                pixels: int) -> None:
         if conn.index is None:
             raise ipc.ProtocolError("ADMIT before HELLO")
+        self.metrics.requests.labels(str(conn.index)).inc()
         model = self.registry.models.get(key)
         if model is None:
             self._refuse(conn, tid, RequestError(grpc.StatusCode.NOT_FOUND,

@@ -4,8 +4,9 @@ one /metrics that adds them up, so the server reads as one server with the metri
 labels of a single process. Counters and histograms add up across front ends; the queue and
 admission gauges are set by the engine process alone ("mostrecent").
 
-The metrics only this process model has: per front end (`worker` = its index) the slots its
-requests hold in the engine process, the slots freed when it died, and the restarts.
+The metrics only this process model has: per front end (`worker` = its index) the requests it
+brought, the slots its requests hold in the engine process and the slots freed when it died;
+the front ends connected, and the restarts.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ class WorkerMetrics:
             "detserve_worker_slots_freed",
             "Slots of a front end that died, freed by the engine process with the requests "
             "they held (dropped: their callers' connections died with it).",
+            ["worker"], registry=reg,
+        )  # fmt: skip
+        self.requests = Counter(
+            "detserve_worker_requests",
+            "Requests each front end brought to admission (admitted or refused): how evenly "
+            "the kernel spreads connections over the front ends.",
             ["worker"], registry=reg,
         )  # fmt: skip
         self.connected = Gauge(

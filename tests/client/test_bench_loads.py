@@ -192,3 +192,46 @@ async def test_closed_loop_waits_out_the_servers_retry_hint(
     refused = s.errors.get("RESOURCE_EXHAUSTED", 0)
     assert refused > 0 and s.ok >= 10
     assert refused < 8 * 1.0 / 0.040 + 8  # at most one refusal per caller per batch time
+
+
+async def test_runner_channels_spread_calls_over_workers(tiny_package: Path,
+                                                         requests: list[pb.DetectRequest]) -> None:
+    """Against `--workers 2`, the runner's channels reach both front ends; one channel pins
+    every call to one (the kernel hands a connection to one worker)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from detserve.client.bench.server_proc import BatchSetting, ServerProcess, free_port
+    from detserve.client.bench.server_proc import server_config as bench_config
+
+    def per_worker(metrics_port: int) -> list[float]:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        counts = {s.labels["worker"]: s.value for f in text_string_to_metric_families(text)
+                  for s in f.samples if s.name == "detserve_worker_requests_total"}
+        return [counts.get("0", 0.0), counts.get("1", 0.0)]
+
+    metrics_port = free_port()
+    model = {"package": str(tiny_package), "engine_options": {"intra_op_threads": 1}}
+    config = bench_config(model, BatchSetting(4, 1.0, 1), free_port(),
+                          {"workers": 2, "metrics_port": metrics_port})
+    proc = ServerProcess(config, tiny_package.parent / "workers-run", "w2")
+    await proc.start()
+    try:
+        one = LoadSettings(warmup_s=0.0, duration_s=5.0, max_requests=40, channels=1)
+        (level,) = await run_plan(proc.target, requests, LoadPlan("closed", (8.0,), one),
+                                  show_progress=False)
+        assert level.summary.ok == 40
+        pinned = per_worker(metrics_port)
+        assert sorted(pinned) == [0.0, 40.0]
+        spread = LoadSettings(warmup_s=0.0, duration_s=5.0, max_requests=400)  # 16 channels
+        (level,) = await run_plan(proc.target, requests, LoadPlan("closed", (16.0,), spread),
+                                  show_progress=False)
+        assert level.summary.ok == 400
+        counts = [now - before for now, before in zip(per_worker(metrics_port), pinned,
+                                                      strict=True)]
+        assert sum(counts) == 400 and min(counts) > 0  # 16 connections on one: p = 2^-15
+    finally:
+        assert proc.stop() == 0
