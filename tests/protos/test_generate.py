@@ -31,3 +31,13 @@ def test_stubs_import_and_describe_the_service() -> None:
         "GetModelInfo",
     ]
     assert pb.DESCRIPTOR.package == "detserve.v1"
+
+
+def test_inference_stubs_live_in_their_own_descriptor_pool() -> None:
+    from google.protobuf import descriptor_pool
+
+    from detserve.protos import inference_pb2
+
+    assert inference_pb2.DESCRIPTOR.package == "inference"
+    assert inference_pb2.DESCRIPTOR.pool is not descriptor_pool.Default()
+    assert "GRPCInferenceService" in inference_pb2.DESCRIPTOR.services_by_name
