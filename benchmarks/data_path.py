@@ -4,11 +4,14 @@ what each choice costs per 640x480 JPEG, and the engine with float or uint8 inpu
     .venv/bin/python benchmarks/data_path.py --out benchmarks/results/data_path
 
 Front-end variants (one thread, as a decode thread runs them), per image:
-- "rgb float": decode to RGB, letterbox, float32 CHW per image (the path before the pixel path);
-- "native pixels": decode in OpenCV's BGR order, letterbox, reorder at model size, uint8 canvas
-  (what the server does now; the engine normalises);
-- "reduced decode": JPEG decoded at half size by OpenCV (IMREAD_REDUCED_COLOR_2), then as
-  "native pixels": the DCT-scaled decode the issue suggests for images at least 2x the input.
+- "opencv rgb float": OpenCV decode to RGB, letterbox, float32 CHW per image (the path before
+  the pixel path);
+- "opencv reduced (IMREAD_REDUCED_COLOR_2)": OpenCV's own half-size decode, then letterbox to
+  the uint8 canvas;
+- "full decode pixels": strict libjpeg-turbo decode in BGR at full size, letterbox, reorder at
+  model size, uint8 canvas (the engine normalises): jpeg_reduced_decode false;
+- "served (DCT-scaled decode)": the same, decoded in the DCT to the letterboxed size, what the
+  served default does for a JPEG at least twice the model input.
 Engine: the served default's OpenVINO engine at batch 8 on float32 input (host-normalised, the
 normalisation timed with it) and on uint8 input (normalised in the graph).
 
@@ -36,10 +39,10 @@ from detserve.engines.factory import create_engine
 from detserve.engines.manifest import Manifest, load_package
 from detserve.engines.pipeline import infer_pixels
 from detserve.engines.preprocess import (
-    decode_encoded,
     decode_encoded_native,
     pixels_to_tensor,
     prepare,
+    prepare_decoded,
     prepare_pixels,
 )
 from detserve.server.config import resolve_package
@@ -50,19 +53,23 @@ def package_path(served: ServedDefault) -> Path:
 
 
 def front_ends(manifest: Manifest) -> dict[str, Callable[[bytes], object]]:
-    def rgb_float(data: bytes) -> object:
-        return prepare(decode_encoded(data, 1 << 30), manifest).tensor
+    def opencv_rgb_float(data: bytes) -> object:
+        bgr = np.asarray(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED))
+        return prepare(np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8), manifest).tensor
 
-    def native_pixels(data: bytes) -> object:
-        decoded = decode_encoded_native(data, 1 << 30)
-        return prepare_pixels(decoded.pixels, manifest, decoded.order).pixels
-
-    def reduced_decode(data: bytes) -> object:
+    def opencv_reduced(data: bytes) -> object:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
         return prepare_pixels(np.asarray(image, np.uint8), manifest, "BGR").pixels
 
-    return {"rgb float": rgb_float, "native pixels": native_pixels,
-            "reduced decode": reduced_decode}
+    def full_pixels(data: bytes) -> object:
+        return prepare_decoded(decode_encoded_native(data, 1 << 30), manifest).pixels
+
+    def served(data: bytes) -> object:
+        return prepare_decoded(decode_encoded_native(data, 1 << 30, manifest), manifest).pixels
+
+    return {"opencv rgb float": opencv_rgb_float,
+            "opencv reduced (IMREAD_REDUCED_COLOR_2)": opencv_reduced,
+            "full decode pixels": full_pixels, "served (DCT-scaled decode)": served}
 
 
 def run_on_next(fn: Callable[[bytes], object], next_data: Callable[[], bytes]) -> object:

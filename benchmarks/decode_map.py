@@ -1,4 +1,4 @@
-"""Does decoding JPEGs reduced (DCT scaling, engines/preprocess.jpeg_reduction) cost accuracy?
+"""Does decoding JPEGs reduced (DCT scaling, engines/preprocess.jpeg_decode_size) cost accuracy?
 COCO AP of the served default on val scenes, JPEG-encoded, with the full decode and with the
 reduced one, through the server's own data path (decode, letterbox, engine, host NMS).
 
@@ -28,7 +28,7 @@ from detserve.engines.manifest import load_package
 from detserve.engines.pipeline import infer_pixels
 from detserve.engines.preprocess import (
     decode_encoded_native,
-    jpeg_reduction,
+    jpeg_decode_size,
     prepare_decoded,
     read_header,
 )
@@ -72,18 +72,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         coco = load_coco(write_coco(tmp, "val", args.n, sizes, "jpg"))
         files = [(i.id, coco.image_path(i).read_bytes()) for i in coco.images]
-        factors = sorted({jpeg_reduction(read_header(d), package.manifest) for _, d in files})
+        factors = sorted({str(jpeg_decode_size(read_header(d), package.manifest))
+                          for _, d in files})
         full = coco_metrics(coco.raw, predict(engine, files, False), package.manifest.classes)
         reduced = coco_metrics(coco.raw, predict(engine, files, True), package.manifest.classes)
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "command": f"benchmarks/decode_map.py -n {args.n} --sizes {' '.join(args.sizes)}",
            "package": served.model["package"], "engine": served.engine,
-           "reduction_factors": factors, "full": summary(full), "reduced": summary(reduced)}
+           "decode_sizes": factors, "full": summary(full), "reduced": summary(reduced)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(doc, indent=1))
     lines = [f"# Reduced JPEG decode vs full decode ({doc['when']})", "",
              f"Command: `{doc['command']}`; package {doc['package']} on {doc['engine']}; "
-             f"reduction factors used: {factors}.", "",
+             f"reduced decode to (width, height): {factors}.", "",
              "| decode | mAP@0.5 | mAP@0.5:0.95 | AP_small@0.5 | AP_small |",
              "|---|---|---|---|---|"]
     for name, m in (("full", full), ("reduced", reduced)):

@@ -6,6 +6,7 @@ act on, and a decompression bomb must be refused from its header, before any pix
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 
@@ -14,6 +15,14 @@ import numpy as np
 import numpy.typing as npt
 
 from detserve.engines.base import Letterbox, PreparedImage
+from detserve.engines.jpeg import (
+    JpegDecodeError,
+    decode_bgr,
+    exif_orientation,
+    is_app1,
+    orient,
+    turns_sideways,
+)
 from detserve.engines.manifest import ColorOrder, Manifest
 
 # Below this side an image carries no detectable object; 1x1 "images" are a classic probe.
@@ -76,6 +85,14 @@ class ImageHeader:
     bit_depth: int
     channels: int
     color: str  # human-readable colour model, for messages
+    orientation: int = 1  # EXIF orientation of a JPEG (engines/jpeg.py); 1: as stored
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) once turned upright, as a viewer shows it (and boxes are given)."""
+        if turns_sideways(self.orientation):
+            return self.height, self.width
+        return self.width, self.height
 
 
 def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
@@ -105,7 +122,7 @@ def _png_header(data: bytes) -> ImageHeader:
 
 def _jpeg_header(data: bytes) -> tuple[ImageHeader, int]:
     """The frame header and the offset of the first SOS (start of scan) marker."""
-    pos, header = 2, None
+    pos, header, orientation = 2, None, 1
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             raise ImageError(f"JPEG image is malformed: expected a marker at byte {pos}")
@@ -119,8 +136,10 @@ def _jpeg_header(data: bytes) -> tuple[ImageHeader, int]:
         if marker == _JPEG_SOS:
             if header is None:
                 raise ImageError("JPEG image is malformed: scan data before the frame header")
-            return header, pos
+            return dataclasses.replace(header, orientation=orientation), pos
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if is_app1(marker) and orientation == 1:
+            orientation = exif_orientation(data, pos, length)
         if marker in _JPEG_SOF and header is None:
             if pos + 10 > len(data):
                 break
@@ -190,27 +209,22 @@ def check_raw(data: bytes, height: int, width: int, pixel_format: str, max_pixel
     return channels
 
 
-# JPEG's DCT scaling: libjpeg decodes straight to 1/2, 1/4 or 1/8 of the size.
-_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}
-
-
-def jpeg_reduction(header: ImageHeader, manifest: Manifest) -> int:
-    """The largest DCT scale-down (1, 2, 4 or 8) whose decoded JPEG is still at least as large as
-    what the letterbox (or stretch) resizes it to: the detail the model sees is kept, and the
-    decode does less work. 1 for PNG."""
+def jpeg_decode_size(header: ImageHeader, manifest: Manifest) -> tuple[int, int] | None:
+    """The (width, height), as stored, to decode a JPEG at least twice the model input down to
+    in the DCT (libjpeg-turbo picks the smallest M/8 scale at least that large): what the
+    letterbox (or stretch) would resize it to, so the detail the model sees is kept and the
+    decode does less work. None: decode in full (PNG, or a JPEG under twice the input)."""
     if header.format != "JPEG":
-        return 1
-    w, h = header.width, header.height
+        return None
+    w, h = header.display_size
     in_w, in_h = manifest.input_width, manifest.input_height
     if manifest.preprocess.resize == "stretch":
         new_w, new_h = in_w, in_h
     else:
         new_w, new_h, _, _ = _letterbox_geometry(w, h, in_w, in_h)
-    for factor in (8, 4, 2):
-        if -(-w // factor) >= new_w and -(-h // factor) >= new_h:
-            return factor
-    return 1
+    if w < 2 * new_w or h < 2 * new_h:
+        return None
+    return (new_h, new_w) if turns_sideways(header.orientation) else (new_w, new_h)
 
 
 def decode_encoded_native(data: bytes, max_pixels: int,
@@ -220,9 +234,9 @@ def decode_encoded_native(data: bytes, max_pixels: int,
     `manifest`, a JPEG at least twice the model input is decoded reduced (jpeg_reduction); the
     image keeps its original size for the letterbox, which maps boxes to the caller's pixels."""
     header = check_encoded(data, max_pixels)
-    factor = 1 if manifest is None else jpeg_reduction(header, manifest)
-    if factor > 1:
-        return _decode_reduced(data, header, factor)
+    if header.format == "JPEG":
+        return _decode_jpeg(data, header, None if manifest is None
+                            else jpeg_decode_size(header, manifest))
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError(f"{header.format} image could not be decoded (corrupt data)")
@@ -241,19 +255,25 @@ def decode_encoded_native(data: bytes, max_pixels: int,
     return DecodedImage(np.asarray(image, np.uint8), "BGR")
 
 
-def _decode_reduced(data: bytes, header: ImageHeader, factor: int) -> DecodedImage:
-    # IGNORE_ORIENTATION: the same stored pixels as the full decode (IMREAD_UNCHANGED).
-    flags = _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if image is None:
-        raise ImageError(f"{header.format} image could not be decoded (corrupt data)")
-    want = (-(-header.height // factor), -(-header.width // factor))
-    if image.shape[:2] != want:
+def _decode_jpeg(data: bytes, header: ImageHeader,
+                 size: tuple[int, int] | None) -> DecodedImage:
+    """Strict decode, scaled down to at least `size` (stored orientation) when given, then
+    turned upright; the letterbox then maps boxes to the turned image at its full size."""
+    try:
+        image = decode_bgr(data, *(size or (0, 0)))
+    except JpegDecodeError as exc:
+        raise ImageError(f"JPEG image is corrupt or truncated: {exc}") from exc
+    full = (header.height, header.width)
+    low = full if size is None else (size[1], size[0])
+    if not (low[0] <= image.shape[0] <= full[0] and low[1] <= image.shape[1] <= full[1]):
         raise ImageError(
-            f"{header.format} image header says {header.width}x{header.height} but it decodes "
-            f"to {image.shape[1] * factor}x{image.shape[0] * factor} (at 1/{factor} scale)"
+            f"JPEG image header says {header.width}x{header.height} but it decodes to "
+            f"{image.shape[1]}x{image.shape[0]}"
         )
-    return DecodedImage(np.asarray(image, np.uint8), "BGR", (header.width, header.height))
+    upright = orient(image, header.orientation)
+    shown = header.display_size
+    scaled = upright.shape[1::-1] != shown
+    return DecodedImage(upright, "BGR", shown if scaled else None)
 
 
 def decode_encoded(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:

@@ -134,11 +134,11 @@ def _raw_format(raw: pb.RawFrame) -> str:
 
 def image_size(image: pb.Image, max_pixels: int) -> tuple[int, int]:
     """(width, height) of an image the server accepts, from its header or raw fields alone:
-    everything admission needs, checked before a pixel is decoded. ImageError if it is bad."""
+    everything admission needs, checked before a pixel is decoded. ImageError if it is bad.
+    A JPEG's EXIF orientation is applied: this is the size boxes are given in."""
     source = image.WhichOneof("source")
     if source == "encoded":
-        header = check_encoded(image.encoded, max_pixels)
-        return header.width, header.height
+        return check_encoded(image.encoded, max_pixels).display_size
     if source == "raw":
         raw = image.raw
         check_raw(raw.data, raw.height, raw.width, _raw_format(raw), max_pixels)

@@ -242,17 +242,16 @@ def test_pixels_to_tensor_keeps_images_of_a_batch_apart() -> None:
     np.testing.assert_allclose(means, [0.0, 0.2, 1.0], rtol=1e-6)
 
 
-def test_jpeg_reduction_keeps_at_least_the_letterboxed_size() -> None:
-    from detserve.engines.preprocess import jpeg_reduction
+def test_jpeg_decode_size_is_the_letterboxed_size_from_twice_the_input() -> None:
+    from detserve.engines.preprocess import jpeg_decode_size
 
     m = manifest()  # 64x64 input
     jpeg = lambda w, h: read_header(encode(".jpg", photo(w, h)))  # noqa: E731
-    assert jpeg_reduction(jpeg(100, 50), m) == 1  # letterboxed to 64x32: not 2x
-    assert jpeg_reduction(jpeg(128, 96), m) == 2  # 64x48 needed, 64x48 at 1/2
-    assert jpeg_reduction(jpeg(130, 97), m) == 2  # 65x49 at 1/2 (libjpeg rounds up)
-    assert jpeg_reduction(jpeg(600, 300), m) == 8  # 64x32 needed, 75x38 at 1/8
-    assert jpeg_reduction(read_header(encode(".png", photo(600, 300))), m) == 1  # JPEG only
-    assert jpeg_reduction(jpeg(128, 96), manifest(resize="stretch")) == 1  # 64 high needed
+    assert jpeg_decode_size(jpeg(100, 50), m) is None  # letterboxed to 64x32: not 2x
+    assert jpeg_decode_size(jpeg(128, 96), m) == (64, 48)
+    assert jpeg_decode_size(jpeg(600, 300), m) == (64, 32)
+    assert jpeg_decode_size(read_header(encode(".png", photo(600, 300))), m) is None  # JPEG only
+    assert jpeg_decode_size(jpeg(128, 96), manifest(resize="stretch")) is None  # 64 high needed
 
 
 def test_reduced_decode_keeps_the_callers_geometry() -> None:
@@ -262,10 +261,54 @@ def test_reduced_decode_keeps_the_callers_geometry() -> None:
     data = encode(".jpg", photo(256, 128))
     full = prepare_decoded(decode_encoded_native(data, LIMIT), m)
     reduced = decode_encoded_native(data, LIMIT, m)
-    assert reduced.pixels.shape == (32, 64, 3) and reduced.full_size == (256, 128)  # 1/4
+    assert reduced.pixels.shape == (32, 64, 3) and reduced.full_size == (256, 128)  # 2/8
     small = prepare_decoded(reduced, m)
     assert small.letterbox == full.letterbox  # boxes map back to the 256x128 sent
     assert small.letterbox.orig_width == 256 and small.letterbox.scale_x == 0.25
     # The same picture at the same place: the rows are close, the padding identical.
     diff = np.abs(small.pixels.astype(int) - full.pixels.astype(int))
     assert float(diff[16:48].mean()) < 6.0 and int(diff[:16].max()) == 0
+
+
+def with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """`jpeg` with an EXIF APP1 segment (big-endian TIFF, one IFD0 entry) after SOI."""
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    body = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_like_a_viewer(orientation: int) -> None:
+    from PIL import Image, ImageOps
+
+    stored = photo(96, 64)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(stored[..., ::-1]),
+                           [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ok
+    data = with_orientation(bytes(buf.tobytes()), orientation)
+    header = read_header(data)
+    assert header.orientation == orientation
+    upright = decode_encoded(data, LIMIT)
+    # Pillow's exif_transpose, which viewers and Ultralytics follow, is the reference.
+    import io
+
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert upright.shape == want.shape
+    assert header.display_size == (want.shape[1], want.shape[0])
+    assert float(np.abs(upright.astype(int) - want.astype(int)).mean()) < 1.0
+
+
+def test_a_jpeg_cut_short_with_an_end_marker_appended_is_refused() -> None:
+    data = encode(".jpg", photo(320, 240))
+    cut = data[: len(data) // 2] + b"\xff\xd9"
+    with pytest.raises(ImageError, match="JPEG image is corrupt or truncated: Corrupt JPEG data"):
+        decode_encoded(cut, LIMIT)
+
+
+def test_garbage_exif_is_ignored_not_trusted() -> None:
+    data = encode(".jpg", photo(64, 64))
+    body = b"Exif\x00\x00MM\x00\x2a\xff\xff\xff\xf0"  # IFD offset far past the end
+    bad = data[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + data[2:]
+    assert read_header(bad).orientation == 1
+    assert decode_encoded(bad, LIMIT).shape == (64, 64, 3)
