@@ -67,7 +67,9 @@ def _count(n: int, where: str) -> str:
 
 def token_events(logger: Any) -> EventSink:
     def emit(name: str, **fields: Any) -> None:
-        (logger.error if name.endswith("_failed") else logger.info)(name, **fields)
+        level = (logger.error if name.endswith("_failed") else
+                 logger.warning if name.endswith("_by_others") else logger.info)
+        level(name, **fields)
 
     return emit
 
@@ -79,7 +81,12 @@ def load_tokens(config: ServerConfig, events: EventSink) -> TokenStore | None:
                           f"are both set; use one (only the file can be rotated)")
     try:
         if path is not None:
-            return TokenStore.from_file(path, events)
+            store = TokenStore.from_file(path, events)
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:  # secrets others on the host can read
+                events("auth_token_file_readable_by_others", source=str(path), mode=oct(mode),
+                       fix=f"chmod 600 {path}")
+            return store
         if text is not None:
             store = TokenStore.from_text(text, f"auth_tokens ({TOKENS_ENV})", events)
             if not store.fingerprints:

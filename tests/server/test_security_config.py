@@ -124,3 +124,19 @@ def test_token_events_log_fingerprints_never_tokens(tmp_path: Path) -> None:
     assert (lines[1]["event"], lines[1]["level"], lines[1]["kept"]) == (
         "auth_tokens_reload_failed", "error", 2)
     assert TOKEN not in buf.getvalue() and OTHER not in buf.getvalue()
+
+
+def test_a_token_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
+    buf = io.StringIO()
+    configure_logging("INFO", stream=buf)
+    path = tmp_path / "tokens"
+    path.write_text(f"{TOKEN}\n")
+    path.chmod(0o600)
+    load_security(replace(ServerConfig(), auth_token_file=path), get_logger())
+    assert "readable_by_others" not in buf.getvalue()
+    path.chmod(0o644)
+    load_security(replace(ServerConfig(), auth_token_file=path), get_logger())
+    warning = json.loads(buf.getvalue().splitlines()[-1])
+    assert (warning["event"], warning["level"], warning["mode"]) == (
+        "auth_token_file_readable_by_others", "warning", "0o644")
+    assert warning["fix"] == f"chmod 600 {path}"
