@@ -7,6 +7,7 @@
     detserve-bench sweep --config sweep.yaml --out results/unary
     detserve-bench report results/unary/results.json --slo-ms 100
     detserve-bench baseline --batch-sizes 1 4 8     # the served default's package and engine
+    detserve-bench soak --serve --minutes 5 --out results/soak  # per-minute trend, RSS, CPU
 
 Latency in open-loop and camera modes counts from the planned send (or capture) time, so a
 late send is charged to the request (no coordinated omission). Each level runs --warmup-s,
@@ -40,6 +41,7 @@ from detserve.client.bench.resultsdoc import (
 from detserve.client.bench.runner import LoadPlan, describe, run_plan
 from detserve.client.bench.schedule import ARRIVALS
 from detserve.client.bench.served import parse_engine_options
+from detserve.client.bench.soak_cli import add_soak_parser, cmd_soak
 from detserve.client.cli_security import add_security_args, security_from_args
 from detserve.client.results import DetectError
 from detserve.client.security import ChannelSecurity
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--duration-s", type=float, default=3.0)
     _add_engine(bl, "--engine", "--engine-options")
     _add_inputs(bl)
+    _add_inputs(add_soak_parser(sub))
     return parser
 
 
@@ -252,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cmd_sweep(args))
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "soak":
+            return asyncio.run(cmd_soak(args))
         return cmd_baseline(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, TimeoutError, RuntimeError,
             DetectError) as err:

@@ -43,6 +43,8 @@ def recommend(rows: list[dict[str, Any]], slo_ms: float) -> Recommendation | Non
 
 
 def _fmt(v: Any) -> str:
+    if v is None or v == "":
+        return "n/a"  # not measured (e.g. a results file older than the field)
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
     return str(v)
@@ -54,7 +56,7 @@ TABLE = (("setting", "setting"), ("level", "level"), ("throughput_rps", "req/s")
          ("executed_batch_size_mean", "executed batch"),
          ("server_queue_mean_ms", "queue ms"), ("server_inference_mean_ms", "infer ms"),
          ("errors", "errors"), ("dropped_frames", "dropped"), ("stale_frames", "stale"),
-         ("client_cpu_cores", "client CPU"),
+         ("server_rss_peak_mb", "server peak RSS MB"), ("client_cpu_cores", "client CPU"),
          ("client_saturated", "client saturated"))
 
 
@@ -218,6 +220,10 @@ def write_report(doc: dict[str, Any], out_dir: Path, slo_ms: float,
         from detserve.client.bench.overload_report import write_overload_report
 
         return write_overload_report(doc, out_dir, slo_ms, results_name)
+    if "soak" in doc:
+        from detserve.client.bench.soak_report import write_soak_report
+
+        return write_soak_report(doc, out_dir, slo_ms, results_name)
     rows = csv_rows(doc)
     plots = write_plots(doc, out_dir, slo_ms, results_name, recommend(rows, slo_ms))
     parts = [*header(doc, "detserve-bench report"), "## Settings", "", settings_table(doc), "",

@@ -28,8 +28,8 @@ CSV_COLUMNS = (
     "throughput_rps", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms",
     "latency_p999_ms", "latency_mean_ms", "latency_max_ms", "server_queue_mean_ms",
     "server_preprocess_mean_ms", "server_inference_mean_ms", "server_postprocess_mean_ms",
-    "server_total_mean_ms", "batch_size_mean", "executed_batch_size_mean", "client_cpu_cores",
-    "send_lag_p99_ms", "client_saturated",
+    "server_total_mean_ms", "batch_size_mean", "executed_batch_size_mean", "server_rss_peak_mb",
+    "client_cpu_cores", "send_lag_p99_ms", "client_saturated",
 )
 
 
@@ -134,11 +134,17 @@ def csv_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "batch_size_mean": round(lv["mean_batch_size"], 3),
                 "executed_batch_size_mean": round(
                     lv.get("mean_executed_batch_size", float("nan")), 3),
+                # Sweeps sample the server's VmRSS during each level; "" where not measured.
+                "server_rss_peak_mb": _mb(lv.get("server_rss_peak_mb")),
                 "client_cpu_cores": round(lv["client_cpu_cores"], 3),
                 "send_lag_p99_ms": lv["send_lag_p99_ms"],
                 "client_saturated": lv["client_saturated"],
             })
     return rows
+
+
+def _mb(value: float | None) -> float | str:
+    return "" if value is None else round(value, 1)
 
 
 def write_csv(doc: dict[str, Any], path: Path) -> None:

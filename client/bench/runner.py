@@ -73,9 +73,13 @@ class LoadPlan:
 class LevelResult:
     summary: LevelSummary
     records: list[RequestRecord]
+    # The server process's peak VmRSS during the level (MB), where the harness sampled it.
+    server_rss_peak_mb: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = self.summary.to_json()
+        if self.server_rss_peak_mb is not None:
+            out["server_rss_peak_mb"] = round(self.server_rss_peak_mb, 2)
         out["records"] = records_to_columns(self.records)
         return out
 

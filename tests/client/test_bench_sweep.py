@@ -84,6 +84,11 @@ def test_short_sweep_writes_json_csv_plots_and_report(tiny_package: Path, blocks
     assert len({s["target"] for s in doc["settings"]}) == 2
     assert [[lv["spec"]["level"] for lv in s["levels"]] for s in doc["settings"]] == [[1, 4]] * 2
     assert all(s["target_info"]["name"] == "blocks@64" for s in doc["settings"])
+    # Every level records its server's peak RSS (procstat, VmRSS every 50 ms): the memory column.
+    peaks = [lv["server_rss_peak_mb"] for s in doc["settings"] for lv in s["levels"]]
+    assert len(peaks) == 4 and all(p > 10 for p in peaks)
+    assert [float(r["server_rss_peak_mb"]) for r in rows] == [round(p, 1) for p in peaks]
+    assert "server peak RSS MB" in report
 
 
 def test_interleaved_order_rotates_per_level() -> None:
