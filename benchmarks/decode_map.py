@@ -54,6 +54,10 @@ def predict(engine: Engine, files: list[tuple[int, bytes]], reduced: bool,
     return out
 
 
+def _f(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def summary(metrics: CocoMetrics) -> dict[str, Any]:
     return {"map50": metrics.map50, "map": metrics.map, "ap_size50": metrics.ap_size50,
             "ap_size": metrics.ap_size, "n_images": metrics.n_images}
@@ -88,8 +92,8 @@ def main() -> None:
              "| decode | mAP@0.5 | mAP@0.5:0.95 | AP_small@0.5 | AP_small |",
              "|---|---|---|---|---|"]
     for name, m in (("full", full), ("reduced", reduced)):
-        lines.append(f"| {name} | {m.map50:.4f} | {m.map:.4f} | {m.ap_size50['small']} | "
-                     f"{m.ap_size['small']} |")
+        lines.append(f"| {name} | {m.map50:.4f} | {m.map:.4f} | {_f(m.ap_size50['small'])} | "
+                     f"{_f(m.ap_size['small'])} |")
     text = "\n".join(lines) + "\n"
     (args.out / "report.md").write_text(text)
     print(text)
