@@ -33,6 +33,11 @@ def _register_eval(subparsers: Any) -> None:
     p.add_argument("--choose-threshold", action="store_true",
                    help="choose score_threshold (max F1 at IoU 0.5) and write it and the val "
                         "metrics into the package's manifest; refused on the test split")
+    p.add_argument("--store-reference", action="store_true",
+                   help="write the histograms of detections and max score per image, at the "
+                        "package's score threshold, into its manifest (metadata."
+                        "drift_reference): the server's distribution-shift reference; "
+                        "--choose-threshold stores it too; refused on the test split")
     p.add_argument("--out", default=None, help="folder for eval.json and eval.md")
     p.add_argument("--stem", default="eval", help="file name stem inside --out")
     p.set_defaults(func=_eval)
@@ -52,6 +57,7 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from detserve.models.drift_reference import store_reference
     from detserve.models.evaluate import SplitError, apply_threshold, evaluate_package, write_report
 
     try:
@@ -60,6 +66,9 @@ def _eval(args: argparse.Namespace) -> int:
                                   args.choose_threshold, args.batch_size)
         if args.choose_threshold:
             print(f"wrote {apply_threshold(args.package, report)}", file=sys.stderr)
+        elif args.store_reference:
+            path = store_reference(args.package, report.reference, report.split)
+            print(f"wrote the drift reference into {path}", file=sys.stderr)
     except (ManifestError, CocoError, SplitError, ValueError, RuntimeError) as e:
         print(f"detserve-model eval: error: {explain(e)}", file=sys.stderr)
         return 2

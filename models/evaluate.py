@@ -31,6 +31,7 @@ from detserve.engines.manifest import (
     write_manifest,
 )
 from detserve.models.coco import CocoSet, load_coco
+from detserve.models.drift_reference import eval_reference
 from detserve.models.evaluate_metrics import (
     CocoMetrics,
     ImageDetections,
@@ -38,6 +39,7 @@ from detserve.models.evaluate_metrics import (
     best_f1_threshold,
     coco_metrics,
 )
+from detserve.server.shift import METADATA_KEY
 
 EVAL_SCORE_THRESHOLD = 0.001
 EVAL_MAX_DETECTIONS = 100
@@ -61,6 +63,9 @@ class EvalReport:
     threshold: ThresholdChoice | None
     seconds: float
     warnings: tuple[str, ...] = ()
+    # Histograms of detections and max score per image at the serving threshold: the server's
+    # distribution-shift reference (models/drift_reference.py).
+    reference: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,16 +201,20 @@ def evaluate_package(package: str | Path | ModelPackage, data: str | Path,
     gt = _subset(coco.raw, {p.image_id for p in preds})
     metrics = coco_metrics(gt, preds, man.classes)
     threshold = choose_threshold(gt, preds, man.classes) if choose else None
+    serving = man.postprocess.score_threshold if threshold is None else threshold.score_threshold
+    reference = eval_reference(preds, serving, {"dataset": str(coco.path),
+                                                "split": dataset_split(coco.raw)})
     return EvalReport(
         model=f"{man.name}@{man.version}", package=str(pkg.root), dataset=str(coco.path),
         split=dataset_split(coco.raw), engine=engine_kind,
         input_size=f"{man.input_width}x{man.input_height}", nms_iou=man.postprocess.iou_threshold,
         metrics=metrics, threshold=threshold, seconds=time.perf_counter() - started,
-        warnings=() if warning is None else (warning,))
+        warnings=() if warning is None else (warning,), reference=reference if preds else None)
 
 
 def apply_threshold(package: str | Path, report: EvalReport) -> Path:
-    """Write the report's chosen threshold and val metrics into the package's manifest."""
+    """Write the report's chosen threshold, val metrics and drift reference into the package's
+    manifest."""
     if report.threshold is None:
         raise ValueError("the report has no chosen threshold (evaluate with choose=True)")
     if report.split == "test":
@@ -224,6 +233,8 @@ def apply_threshold(package: str | Path, report: EvalReport) -> Path:
         "precision": round(report.threshold.precision, 4),
         "recall": round(report.threshold.recall, 4), "dataset": report.dataset}
     post = replace(man.postprocess, score_threshold=round(report.threshold.score_threshold, 4))
+    if report.reference is not None:  # counted at the new threshold
+        meta[METADATA_KEY] = dict(report.reference)
     path: Path = write_manifest(replace(man, postprocess=post, metadata=meta), pkg.root)
     return path
 

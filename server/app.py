@@ -185,6 +185,7 @@ async def start_grpc(
     core = DetectCore(catalog, lane, config.max_pixels, record,
                       DecodePool(config.decode_thread_count),
                       reduced_decode=config.jpeg_reduced_decode)
+    observer.watch(catalog.models.values())  # the drift alerts' references (server/drift.py)
     streams = StreamSettings(config.stream_policy, config.stream_max_in_flight, dropped,
                              slots=StreamSlots(config.stream_max_frames_held))
     service = DetectorService(catalog, core, streams)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from detserve.server.alerts_config import AlertsConfig, AlertsConfigError, parse_alerts
 from detserve.server.batching_config import BatchingConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
@@ -91,6 +92,9 @@ class ServerConfig:
     reflection: bool = True
     rate_limit_rps: float = 0.0
     rate_limit_burst: int | None = None  # None: one second's worth
+    # The server's own alerts on what its models return: dead cameras, distribution shift
+    # (the `alerts:` section; server/alerts_config.py, README "Monitoring").
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     models: tuple[ModelConfig, ...] = ()
 
     @property
@@ -107,7 +111,7 @@ class ServerConfig:
         return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
-SCALAR_FIELDS = tuple(f.name for f in fields(ServerConfig) if f.name != "models")
+SCALAR_FIELDS = tuple(f.name for f in fields(ServerConfig) if f.name not in ("models", "alerts"))
 
 
 def resolve_package(value: Any, base_dir: Path, where: str) -> Path:
@@ -316,13 +320,17 @@ def _scalar(name: str, value: Any) -> Any:
 def parse_config(raw: Any, base_dir: Path) -> ServerConfig:
     """Validate a config mapping (as read from YAML)."""
     raw = _mapping(raw, "<top level>")
-    _check_keys(raw, (*SCALAR_FIELDS, "models"), "file")
-    scalars = {k: _scalar(k, v) for k, v in raw.items() if k != "models"}
+    _check_keys(raw, (*SCALAR_FIELDS, "models", "alerts"), "file")
+    scalars = {k: _scalar(k, v) for k, v in raw.items() if k not in ("models", "alerts")}
+    try:
+        alerts = parse_alerts(raw.get("alerts"))
+    except AlertsConfigError as exc:
+        raise ConfigError(str(exc)) from exc
     models_raw = raw.get("models") or []
     if not isinstance(models_raw, list):
         raise ConfigError(f"config field 'models' must be a list, got {models_raw!r}")
     models = tuple(parse_model(m, f"models[{i}]", base_dir) for i, m in enumerate(models_raw))
-    return ServerConfig(models=models, **scalars)
+    return ServerConfig(models=models, alerts=alerts, **scalars)
 
 
 def load_file(path: Path) -> ServerConfig:

@@ -70,6 +70,8 @@ class RequestRecord:
     image_width: int = 0
     image_height: int = 0
     scores: tuple[float, ...] = ()
+    camera: str = ""  # server/cameras.py: the stream's or the caller's camera id; "" for none
+    params: DecodeParams | None = None  # the request's postprocessing, once validated
 
 
 Observer = Callable[[RequestRecord], None]
@@ -201,13 +203,14 @@ class DetectCore:
 
     async def detect(
         self, request: pb.DetectRequest, deadline: float | None, stream: bool = False,
-        peer: str = "", held: bool = False,
+        peer: str = "", held: bool = False, camera: str = "",
     ) -> pb.DetectResponse:
         """Run one request; raises RequestError. `deadline` is in time.monotonic() seconds.
-        `held`: a stream frame already holding a shared stream slot (waits, never refused)."""
+        `held`: a stream frame already holding a shared stream slot (waits, never refused).
+        `camera`: the camera it comes from (server/cameras.py), for the drift alerts."""
         arrived = time.perf_counter()
         record = RequestRecord(request.request_id, request.frame_id, request.model,
-                               grpc.StatusCode.OK, stream=stream, peer=peer)
+                               grpc.StatusCode.OK, stream=stream, peer=peer, camera=camera)
         try:
             response = await self._run(request, deadline, record, held)
         except asyncio.CancelledError:
@@ -232,7 +235,7 @@ class DetectCore:
         model = self.catalog.resolve(request.model)
         record.model, record.model_version = model.key, model.manifest.version
         record.nms = model.manifest.nms
-        params = decode_params(request, model)
+        record.params = params = decode_params(request, model)
         record.image_width, record.image_height = image_size(request.image, self.max_pixels)
         # Admission and the pixel budget, reserved from the header before any pixel is decoded.
         ticket = await self.lane.admit(model, deadline, held,

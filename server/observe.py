@@ -1,12 +1,16 @@
-"""Where finished requests go: Prometheus metrics (metrics.py) and one JSON line each (logs.py)."""
+"""Where finished requests go: Prometheus metrics (metrics.py), one JSON line each (logs.py),
+and the dead-camera and distribution-shift alerts (drift.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from detserve.server import logs
+from detserve.server.catalog import ModelView
 from detserve.server.config import ServerConfig
 from detserve.server.detect import RequestRecord
+from detserve.server.drift import DriftMonitor
 from detserve.server.metrics import ServerMetrics
 from detserve.server.registry import ModelRegistry, ServedModel
 
@@ -48,6 +52,7 @@ class RequestObserver:
         self.log_requests = config.log_requests
         self.logger = logs.get_logger()
         self.metrics = ServerMetrics()
+        self.drift = DriftMonitor(config.alerts, self.metrics.registry, self.logger)
         self.metrics_port: int | None = None
         if config.metrics_port is not None:
             # Where gRPC listens, and nowhere else; "[::]" is gRPC's spelling of an IPv6 host.
@@ -72,6 +77,11 @@ class RequestObserver:
         self._measure(rec, served)
         if self.log_requests:
             logs.log_request(self.logger, log_record(rec))
+        self.drift.observe(rec)
+
+    def watch(self, models: Iterable[ModelView]) -> None:
+        """The models whose answers the drift alerts follow (their references)."""
+        self.drift.watch(models)
 
     def _measure(self, rec: RequestRecord, served: bool) -> None:
         label = rec.model if served else UNKNOWN_MODEL

@@ -15,6 +15,7 @@ import grpc
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
 from detserve.server.admission import PUSHBACK_KEY, Rejected
+from detserve.server.cameras import camera_id
 from detserve.server.catalog import Catalog, ModelView
 from detserve.server.detect import DetectCore, deadline_from
 from detserve.server.errors import RequestError
@@ -117,7 +118,7 @@ class DetectorService(pb_grpc.DetectorServicer):
         async with self._admitted(context):
             try:
                 return await self.core.detect(request, deadline_from(context),
-                                              peer=context.peer())
+                                              peer=context.peer(), camera=camera_id(context))
             except RequestError as exc:
                 # The status without abort's exception round trip: refusals under overload
                 # are the hot path, and this halves what one costs the event loop.

@@ -16,6 +16,9 @@ none free a `block` stream stops reading and a `latest` stream keeps replacing i
 A frame holding a slot is never refused for a full queue; it waits.
 
 A bad frame gets a non-OK `status` in its reply; the stream goes on.
+
+A stream is one camera for the dead-camera alert (server/drift.py): the one its caller names in
+the `detserve-camera-id` metadata, else one of its own ("stream-<n>").
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import grpc
 from google.rpc import status_pb2
 
 from detserve.protos import detection_pb2 as pb
+from detserve.server.cameras import camera_id, stream_camera_id
 from detserve.server.detect import DetectCore, deadline_from
 from detserve.server.errors import RequestError, invalid, status_code_number
 from detserve.server.stream_slots import StreamSlots
@@ -82,11 +86,18 @@ def stream_policy(context: grpc.aio.ServicerContext[object, object], default: st
     return default
 
 
+@dataclass(frozen=True)
+class _Caller:
+    peer: str
+    camera: str  # server/cameras.py: the caller's camera id, else one of the stream's own
+
+
 async def _answer(
-    core: DetectCore, request: pb.DetectRequest, deadline: float | None, peer: str
+    core: DetectCore, request: pb.DetectRequest, deadline: float | None, caller: _Caller
 ) -> pb.DetectResponse:
     try:
-        response = await core.detect(request, deadline, stream=True, peer=peer, held=True)
+        response = await core.detect(request, deadline, stream=True, peer=caller.peer,
+                                     held=True, camera=caller.camera)
         response.status.CopyFrom(status_pb2.Status(code=0))
     except RequestError as exc:
         response = pb.DetectResponse(
@@ -99,7 +110,7 @@ async def _answer(
 
 async def _block(
     requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
-    settings: StreamSettings, peer: str,
+    settings: StreamSettings, caller: _Caller,
 ) -> AsyncIterator[pb.DetectResponse]:
     max_in_flight = settings.max_in_flight
     slots = asyncio.Semaphore(max_in_flight)
@@ -116,7 +127,7 @@ async def _block(
                 if request is None:
                     settings.slots.release()
                     return
-                task = asyncio.create_task(_answer(core, request, deadline, peer))
+                task = asyncio.create_task(_answer(core, request, deadline, caller))
                 # The shared slot is free once the frame is processed, not when the client
                 # has read its reply: a slow reader is held back by its own slots only.
                 task.add_done_callback(lambda _: settings.slots.release())
@@ -153,7 +164,7 @@ class _Latest:
 
 async def _latest(
     requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
-    settings: StreamSettings, peer: str,
+    settings: StreamSettings, caller: _Caller,
 ) -> AsyncIterator[pb.DetectResponse]:
     state = _Latest()
     failure: list[BaseException] = []
@@ -186,7 +197,7 @@ async def _latest(
                 request, state.pending = state.pending, None
                 if request is None:  # only this loop clears it; kept for the type checker
                     continue
-                response = await _answer(core, request, deadline, peer)
+                response = await _answer(core, request, deadline, caller)
             finally:
                 settings.slots.release()
             response.dropped_frames, state.dropped = state.dropped, 0
@@ -207,14 +218,15 @@ async def run_stream(
 ) -> AsyncIterator[pb.DetectResponse]:
     try:
         policy = stream_policy(context, settings.default_policy)
+        caller = _Caller(context.peer(), camera_id(context) or stream_camera_id())
     except RequestError as exc:
         await context.abort(exc.code, exc.message)
         raise
     deadline = deadline_from(context)
     replies = (
-        _block(requests, core, deadline, settings, context.peer())
+        _block(requests, core, deadline, settings, caller)
         if policy == "block"
-        else _latest(requests, core, deadline, settings, context.peer())
+        else _latest(requests, core, deadline, settings, caller)
     )
     async for response in replies:
         yield response

@@ -1,0 +1,74 @@
+"""Prometheus metrics of the server's own alerts (drift.py), in the server's registry.
+
+Camera label values are bounded by the camera table (dead_camera.py): a camera has its own
+series while it holds a label slot; the cameras beyond the limit share camera="other", whose
+gauge counts how many of them are dead. A forgotten camera's series is removed.
+
+With front-end workers (server/workers) each front end watches its own streams and calls:
+the gauges read the largest value across live front ends ("livemax"), so a camera dead on
+any of them, or a shift seen by any of them, shows.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+_ANY_FRONT_END: Final = "livemax"
+
+
+class DriftMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.camera_dead = Gauge(
+            "detserve_camera_dead",
+            "1 while a camera is in the dead-camera alert (busy, then no detections for "
+            "alerts.dead_camera_frames frames or alerts.dead_camera_seconds), else 0; for "
+            "camera=\"other\" the number of dead cameras beyond the label limit.",
+            ["model", "camera"], registry=registry, multiprocess_mode=_ANY_FRONT_END,
+        )  # fmt: skip
+        self.dead_alerts = Counter(
+            "detserve_dead_camera_alerts",
+            "Dead-camera alerts started.",
+            ["model"], registry=registry,
+        )  # fmt: skip
+        self.cameras = Gauge(
+            "detserve_cameras_tracked",
+            "Cameras (streams, or callers' detserve-camera-id) the dead-camera rule watches.",
+            ["model"], registry=registry, multiprocess_mode=_ANY_FRONT_END,
+        )  # fmt: skip
+        self.shift = Gauge(
+            "detserve_distribution_shift",
+            "PSI of the model's recent frames against its reference, per signal (detections "
+            "per frame, max score per frame): < 0.1 no real change, 0.1-0.2 moderate, > 0.2 "
+            "significant.",
+            ["model", "signal"], registry=registry, multiprocess_mode=_ANY_FRONT_END,
+        )  # fmt: skip
+        self.shift_alerts = Counter(
+            "detserve_distribution_shift_alerts",
+            "Distribution-shift alerts started (PSI reached alerts.shift_threshold).",
+            ["model", "signal"], registry=registry,
+        )  # fmt: skip
+        self.reference_frames = Gauge(
+            "detserve_distribution_shift_reference_frames",
+            "Frames in the model's shift reference; source=package (detserve-model eval) or "
+            "warmup (the model's first frames).",
+            ["model", "source"], registry=registry, multiprocess_mode=_ANY_FRONT_END,
+        )  # fmt: skip
+
+    def model_seen(self, model: str) -> None:
+        """Series that exist from a model's first frame, at zero."""
+        self.dead_alerts.labels(model)
+        self.cameras.labels(model).set(0)
+        self.camera_dead.labels(model, "other")
+
+    def set_dead(self, model: str, camera: str, value: float) -> None:
+        self.camera_dead.labels(model, camera).set(value)
+
+    def add_dead(self, model: str, camera: str, delta: float) -> None:
+        self.camera_dead.labels(model, camera).inc(delta)
+
+    def remove_camera(self, model: str, camera: str) -> None:
+        # Zeroed first: in multiprocess mode the value lives on in this process's file.
+        self.camera_dead.labels(model, camera).set(0)
+        self.camera_dead.remove(model, camera)
