@@ -12,6 +12,7 @@ engine.infer alone ("infer only"). Server: a detserve-server subprocess with max
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from _common import (
@@ -46,6 +47,8 @@ async def run(args: Any) -> None:
     settings = LoadSettings(warmup_s=args.warmup_s, duration_s=args.duration_s)
     levels_in = tuple(float(c) for c in args.concurrency)
     async with serving(model, setting, args.out, setting.name) as target:
+        if args.client_nice:
+            os.nice(args.client_nice)  # the server, started first, keeps its priority
         levels = await run_plan(target, requests, LoadPlan("closed", levels_in, settings),
                                 setting.name, not args.no_progress,
                                 on_level=lambda lv: print(describe(lv.summary), flush=True))
@@ -66,6 +69,9 @@ def main() -> None:
     add_batching_flags(p, "--batch-size")
     p.add_argument("--concurrency", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--raw-duration-s", type=float, default=10.0)
+    p.add_argument("--client-nice", type=int, default=0,
+                   help="lower the load generator's CPU priority once the server runs, so on "
+                        "cores it shares with the server it takes what the server leaves")
     asyncio.run(run(p.parse_args()))
 
 
