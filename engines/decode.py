@@ -7,6 +7,12 @@ Two layouts (see the manifest's `output.format`):
   `det_scores [B, K]`, `det_classes [B, K]`; only the first `num_dets[i]` rows of image i are
   real, the rest is padding that must never reach a caller. The IoU threshold was fixed when the
   graph was exported; per-request score threshold, class filter and max_detections apply here.
+- `torchvision`: three outputs per image, in batch order, as torchvision's detectors return them
+  (a list of dicts, one per image): `boxes [N_i, 4]` (corners in input pixels), `labels [N_i]`
+  (class `classes[j]` is label `j + output.label_offset`; torchvision's label 0 is the
+  background) and `scores [N_i]`. N_i varies per image, so there is no padding. NMS, its IoU
+  and the graph's own score floor and detection cap were fixed at export; per-request score
+  threshold, class filter and max_detections apply here, as for `end2end`.
 A score passes the request's threshold when it is >= the threshold.
 """
 
@@ -132,14 +138,14 @@ def _decode_end2end(
         if not 0 <= n <= k:
             raise ValueError(f"end2end num_dets[{i}] = {n} is outside [0, {k}]")
         results.append(
-            _select_end2end(
+            _select_in_graph(
                 boxes[i, :n], scores[i, :n], classes[i, :n], manifest, letterboxes[i], params[i]
             )
         )
     return results
 
 
-def _select_end2end(
+def _select_in_graph(
     boxes: FloatArray,
     scores: FloatArray,
     classes: npt.NDArray[np.int64],
@@ -147,17 +153,60 @@ def _select_end2end(
     box: Letterbox,
     params: DecodeParams,
 ) -> Detections:
+    """Detections of a graph that ran NMS itself: the request's threshold, classes and cap."""
     bad = (classes < 0) | (classes >= manifest.num_classes)
     if bad.any():
+        nc = manifest.num_classes
+        if manifest.output_format == "torchvision":
+            low = manifest.label_offset  # name the value the graph emitted, not the class id
+            raise ValueError(
+                f"torchvision labels has label {int(classes[bad][0]) + low} outside "
+                f"[{low}, {low + nc}) for {nc} classes with output.label_offset {low}"
+            )
         raise ValueError(
             f"end2end det_classes has class id {int(classes[bad][0])} outside "
-            f"[0, {manifest.num_classes}) for {manifest.num_classes} classes"
+            f"[0, {nc}) for {nc} classes"
         )
     keep = np.flatnonzero(
         (scores >= params.score_threshold) & _class_mask(classes, params.class_ids)
     )
     keep = keep[np.argsort(-scores[keep], kind="stable")][: params.max_detections]
     return Detections(_map_back(boxes[keep], box), scores[keep], classes[keep])
+
+
+def _decode_torchvision(
+    outputs: Sequence[npt.NDArray[np.generic]],
+    manifest: Manifest,
+    letterboxes: Sequence[Letterbox],
+    params: Sequence[DecodeParams],
+) -> list[Detections]:
+    if len(outputs) % 3 or not outputs:
+        raise ValueError(
+            f"torchvision output format expects 3 outputs per image (boxes, labels, scores), "
+            f"got {len(outputs)}"
+        )
+    b = len(outputs) // 3
+    _check_batch(b, letterboxes, params)
+    results = []
+    for i in range(b):
+        boxes = np.asarray(outputs[3 * i], np.float32)
+        labels = np.asarray(outputs[3 * i + 1])
+        scores = np.asarray(outputs[3 * i + 2], np.float32)
+        n = boxes.shape[0] if boxes.ndim == 2 else -1
+        if boxes.shape != (n, 4) or labels.shape != (n,) or scores.shape != (n,):
+            raise ValueError(
+                f"torchvision outputs of image {i} must be boxes [N,4], labels [N], scores [N]; "
+                f"got {boxes.shape}, {labels.shape}, {scores.shape}"
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"torchvision labels of image {i} must be integers, got {labels.dtype}"
+            )
+        classes = labels.astype(np.int64) - manifest.label_offset
+        results.append(
+            _select_in_graph(boxes, scores, classes, manifest, letterboxes[i], params[i])
+        )
+    return results
 
 
 def _check_batch(b: int, letterboxes: Sequence[Letterbox], params: Sequence[DecodeParams]) -> None:
@@ -180,4 +229,6 @@ def decode_batch(
         return _decode_yolov8(outputs, manifest, letterboxes, params, nms_method)
     if manifest.output_format == "end2end":
         return _decode_end2end(outputs, manifest, letterboxes, params)
+    if manifest.output_format == "torchvision":
+        return _decode_torchvision(outputs, manifest, letterboxes, params)
     raise ValueError(f"unknown output format {manifest.output_format!r}")

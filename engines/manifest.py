@@ -15,13 +15,13 @@ from typing import Any, Literal
 import yaml
 
 MANIFEST_FILE = "manifest.yaml"
-OUTPUT_FORMATS = ("yolov8", "end2end")
+OUTPUT_FORMATS = ("yolov8", "end2end", "torchvision")
 RESIZE_MODES = ("letterbox", "stretch")
 COLOR_ORDERS = ("RGB", "BGR")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 NMS_PLACEMENTS = ("host", "in-graph", "gpu")
 
-OutputFormat = Literal["yolov8", "end2end"]
+OutputFormat = Literal["yolov8", "end2end", "torchvision"]
 ResizeMode = Literal["letterbox", "stretch"]
 ColorOrder = Literal["RGB", "BGR"]
 
@@ -64,6 +64,9 @@ class Manifest:
     input_name: str = "images"
     output_format: OutputFormat = "yolov8"
     nms: str = "host"
+    # `torchvision` format only: the graph's label for classes[0]. torchvision's detectors
+    # reserve label 0 for the background, so their first real class is label 1.
+    label_offset: int = 1
     precision: str = "fp32"
     preprocess: Preprocess = field(default_factory=Preprocess)
     postprocess: Postprocess = field(default_factory=Postprocess)
@@ -81,6 +84,9 @@ class Manifest:
         raw["metadata"] = dict(self.metadata)
         pre = raw.pop("preprocess")
         pre["mean"], pre["std"] = list(pre["mean"]), list(pre["std"])
+        output: dict[str, Any] = {"format": raw["output_format"], "nms": raw["nms"]}
+        if raw["output_format"] == "torchvision":
+            output["label_offset"] = raw["label_offset"]
         return {
             "name": raw["name"],
             "version": raw["version"],
@@ -93,7 +99,7 @@ class Manifest:
                 "max_batch_size": raw["max_batch_size"],
             },
             "preprocess": pre,
-            "output": {"format": raw["output_format"], "nms": raw["nms"]},
+            "output": output,
             "postprocess": raw["postprocess"],
             "precision": raw["precision"],
             "metadata": raw["metadata"],
@@ -243,6 +249,7 @@ def parse_manifest(raw: Any) -> Manifest:
         max_batch_size=_int(inp.get("max_batch_size", 64), "input.max_batch_size", 1),
         output_format=_choice(out.get("format", "yolov8"), OUTPUT_FORMATS, "output.format"),
         nms=_choice(out.get("nms", "host"), NMS_PLACEMENTS, "output.nms"),
+        label_offset=_int(out.get("label_offset", 1), "output.label_offset", 0),
         precision=_choice(raw.get("precision", "fp32"), PRECISIONS, "precision"),
         preprocess=_preprocess(_section(raw, "preprocess")),
         postprocess=_postprocess(_section(raw, "postprocess")),

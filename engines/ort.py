@@ -64,6 +64,9 @@ def check_graph(session: ort.InferenceSession, manifest: Manifest) -> ort.NodeAr
 
 def _check_outputs(session: ort.InferenceSession, manifest: Manifest) -> None:
     outputs = session.get_outputs()
+    if manifest.output_format == "torchvision":
+        _check_torchvision_outputs(outputs)
+        return
     if manifest.output_format == "end2end":
         if len(outputs) != 4:
             raise ManifestError(
@@ -83,6 +86,25 @@ def _check_outputs(session: ort.InferenceSession, manifest: Manifest) -> None:
             f"manifest field 'classes' lists {manifest.num_classes} classes, so the yolov8 "
             f"output should have {4 + manifest.num_classes} rows, but the graph has {rows} "
             f"(shape {shape})"
+        )
+
+
+def _check_torchvision_outputs(outputs: Sequence[ort.NodeArg]) -> None:
+    # torchvision's detectors loop over the images in Python, so tracing unrolls the loop: a
+    # graph exported at batch B has 3*B outputs and runs only at batch B, whatever its
+    # dynamic_axes say. A one-image graph (3 outputs) is run image by image in `infer` instead.
+    if len(outputs) != 3:
+        raise ManifestError(
+            f"manifest field 'output.format' is 'torchvision' (3 outputs: boxes, labels, scores "
+            f"of one image) but the model graph has {len(outputs)} outputs: "
+            f"{[o.name for o in outputs]}; export it with a batch-1 dummy input"
+        )
+    ranks = [len(o.shape) for o in outputs]
+    if ranks != [2, 1, 1]:
+        raise ManifestError(
+            f"manifest field 'output.format' is 'torchvision' (boxes [N,4], labels [N], "
+            f"scores [N]) but the model graph's outputs have shapes "
+            f"{[list(o.shape) for o in outputs]}"
         )
 
 
@@ -203,6 +225,14 @@ class OrtEngine:
         if self._closed:
             raise RuntimeError(f"engine for model {m.name!r} is closed")
         feed = np.ascontiguousarray(batch, dtype=self._input_dtype)
+        if m.output_format == "torchvision":
+            # A one-image graph (see _check_torchvision_outputs): one run per image, outputs
+            # concatenated in batch order, the layout decode_batch reads.
+            per_image: list[npt.NDArray[np.generic]] = []
+            for i in range(feed.shape[0]):
+                run = self._session.run(self._output_names, {self._input_name: feed[i : i + 1]})
+                per_image.extend(np.asarray(o) for o in run)
+            return per_image
         outputs = self._session.run(self._output_names, {self._input_name: feed})
         return [np.asarray(o) for o in outputs]
 
