@@ -31,6 +31,8 @@ from detserve.server.errors import RequestError
 from detserve.server.lanes import Lane, LocalLane
 from detserve.server.logs import configure_logging, get_logger
 from detserve.server.observe import UNKNOWN_MODEL, RequestObserver, build_observer
+from detserve.server.oip.attach import OipFrontEnd
+from detserve.server.oip.statistics import Statistics
 from detserve.server.registry import EngineFactory, ModelRegistry, default_engine_factory
 from detserve.server.security import EdgeSecurity, load_security
 from detserve.server.service import DetectorService
@@ -75,6 +77,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._stopping = False
         self.security = EdgeSecurity()  # what start_grpc applied: TLS, tokens, rate limits
+        self.oip: OipFrontEnd | None = None  # the Open Inference Protocol (server/oip)
 
     @property
     def metrics_port(self) -> int | None:
@@ -93,6 +96,8 @@ class Server:
             # for the whole grace period.
             started = time.monotonic()
             await self.service.wait_idle(grace_s)
+            if self.oip is not None:
+                await self.oip.stop()  # REST requests in flight finish first
             left = None if grace_s is None else max(grace_s - (time.monotonic() - started), 0.0)
             await self.grpc_server.stop(FINAL_GRACE_S if left is None else min(left, FINAL_GRACE_S))
             await self._stop_backend(True)
@@ -182,7 +187,8 @@ async def start_grpc(
         if on_stream_drop is not None:
             on_stream_drop(model)
 
-    core = DetectCore(catalog, lane, config.max_pixels, record,
+    statistics = Statistics(catalog.models)  # the Open Inference Protocol's ModelStatistics
+    core = DetectCore(catalog, lane, config.max_pixels, statistics.observing(record),
                       DecodePool(config.decode_thread_count),
                       reduced_decode=config.jpeg_reduced_decode)
     observer.watch(catalog.models.values())  # the drift alerts' references (server/drift.py)
@@ -190,6 +196,8 @@ async def start_grpc(
                              slots=StreamSlots(config.stream_max_frames_held))
     service = DetectorService(catalog, core, streams)
     pb_grpc.add_DetectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    oip = OipFrontEnd.build(config, catalog, core, statistics, service, security, observer)
+    oip.add_to(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if config.reflection:
@@ -204,11 +212,18 @@ async def start_grpc(
         ) from exc
     if port == 0:
         raise ServerStartError(f"could not bind gRPC address {config.address!r}")
+    try:
+        await oip.start_rest(reuse_port)
+    except OSError as exc:
+        await server.stop(None)
+        raise ServerStartError(f"could not bind REST port {config.rest_port} on "
+                               f"{config.host}: {exc}") from exc
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = Server(server, port, catalog, service, health, observer, core, stop_backend)
     running.security = security
+    running.oip = oip
     return running
 
 
@@ -253,6 +268,7 @@ async def serve(
         default_model=server.registry.default.key,
         serving=serving_summary(server.registry),
         security=server.security.summary(config),
+        oip=server.oip.summary() if server.oip is not None else None,
     )
     if ready is not None:
         ready(server)

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     p.add_argument("--metrics-port", help="Prometheus /metrics port; 0 = ephemeral, 'off' = none")
+    p.add_argument("--rest-port", help="Open Inference Protocol HTTP/JSON port (KServe v2 REST); "
+                   "0 = ephemeral, 'off' = none (default off)")
     p.add_argument("--max-message-bytes", type=int, help="largest accepted request")
     p.add_argument("--max-pixels", type=int, help="largest accepted image, in decoded pixels")
     p.add_argument("--stream-policy", choices=STREAM_POLICIES,
@@ -117,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "host": args.host,
         "port": args.port,
         "metrics_port": args.metrics_port,
+        "rest_port": args.rest_port,
         "max_message_bytes": args.max_message_bytes,
         "max_pixels": args.max_pixels,
         "stream_policy": args.stream_policy,

@@ -59,6 +59,8 @@ class ServerConfig:
     # Decoded-pixel limit, checked from the image header before decoding (bomb guard).
     max_pixels: int = 40_000_000
     metrics_port: int | None = None  # 0 = ephemeral, None = no Prometheus endpoint
+    # The Open Inference Protocol over HTTP/JSON (server/oip/rest.py); 0 = ephemeral, None = off.
+    rest_port: int | None = None
     stream_policy: str = "block"
     # `block` policy: frames of one stream being processed at once before reading stops.
     stream_max_in_flight: int = 4
@@ -288,7 +290,7 @@ def _scalar(name: str, value: Any) -> Any:
         return _str(value, where)
     if name == "port":
         return _int(value, where, 0, 65535)
-    if name == "metrics_port":
+    if name in ("metrics_port", "rest_port"):
         return _optional_port(value, where)
     if name in ("max_message_bytes", "max_pixels", "max_pixels_in_flight", "max_concurrent_rpcs",
                 "stream_max_in_flight", "stream_max_frames_held", "workers"):

@@ -99,6 +99,12 @@ class DetectorService(pb_grpc.DetectorServicer):
             return False
         return True
 
+    def admitted(self, context: grpc.aio.ServicerContext[Any, Any]
+                 ) -> contextlib.AbstractAsyncContextManager[None]:
+        """A call of another servicer on this server (the Open Inference Protocol's, server/oip)
+        counted as this one's: refused while draining, waited for by `wait_idle`."""
+        return self._admitted(context)
+
     @contextlib.asynccontextmanager
     async def _admitted(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
         self._active += 1
