@@ -47,6 +47,9 @@ def _positive_int(text: str) -> int:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help="server host:port (%(default)s)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-call deadline in seconds")
+    p.add_argument("--load-balancing", choices=("pick_first", "round_robin"), default=None,
+                   help="gRPC balancing over the addresses --target resolves to (round_robin "
+                        "with dns:///<headless service>:<port>); default pick_first")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line on stdout, errors included")
     add_security_args(p)
@@ -175,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Output(args.json, args.target)
     try:
         security = security_from_args(args, os.environ)
-        with DetectClient(args.target, timeout_s=args.timeout_s, security=security) as client:
+        with DetectClient(args.target, timeout_s=args.timeout_s, security=security,
+                          load_balancing=args.load_balancing) as client:
             return handlers[args.command](client, args, out)
     except (UsageError, DetectError) as err:
         return out.fatal(err)

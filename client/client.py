@@ -9,6 +9,7 @@ converted locally), or a numpy frame. NUMPY FRAMES ARE BGR BY DEFAULT, the OpenC
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -77,11 +78,20 @@ def build_request(
     return req
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
+def channel_options(
+    max_message_bytes: int, load_balancing: str | None = None
+) -> list[tuple[str, Any]]:
+    """`load_balancing` ("round_robin"): a call per subchannel in turn over every address the
+    target resolves to (`dns:///detserve-headless:50051`, `ipv4:a:p,b:p`), instead of gRPC's
+    default pick_first, which sends every call down one connection (README "Scale-out")."""
+    options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
+    if load_balancing:
+        config = {"loadBalancingConfig": [{load_balancing: {}}]}
+        options.append(("grpc.service_config", json.dumps(config)))
+    return options
 
 
 class _SentTimes:
@@ -128,10 +138,12 @@ class DetectClient:
         timeout_s: float | None = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         security: ChannelSecurity | None = None,
+        load_balancing: str | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = open_channel(target, channel_options(max_message_bytes), security)
+        self._channel = open_channel(
+            target, channel_options(max_message_bytes, load_balancing), security)
         self._stub = pb_grpc.DetectorStub(self._channel)  # type: ignore[no-untyped-call]
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
@@ -233,10 +245,12 @@ class AsyncDetectClient:
         timeout_s: float | None = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         security: ChannelSecurity | None = None,
+        load_balancing: str | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = open_aio_channel(target, channel_options(max_message_bytes), security)
+        self._channel = open_aio_channel(
+            target, channel_options(max_message_bytes, load_balancing), security)
         self._stub = pb_grpc.DetectorStub(self._channel)  # type: ignore[no-untyped-call]
 
     @property

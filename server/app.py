@@ -25,6 +25,7 @@ from detserve.protos import detection_pb2_grpc as pb_grpc
 from detserve.server.admission import PixelBudget
 from detserve.server.catalog import Catalog
 from detserve.server.config import ServerConfig
+from detserve.server.connection_age import connection_age_options
 from detserve.server.decode_pool import DecodePool
 from detserve.server.detect import DetectCore, RequestRecord
 from detserve.server.errors import RequestError
@@ -171,6 +172,7 @@ async def start_grpc(
             # Without this a second server on a busy port binds too and they split the traffic;
             # front-end workers share theirs on purpose (the supervisor reserved it).
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            *connection_age_options(config),
         ],
         # A backstop in gRPC itself (RESOURCE_EXHAUSTED beyond it); admission decides first.
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,

@@ -65,6 +65,10 @@ class ServerConfig:
     # `block` policy: frames of one stream being processed at once before reading stops.
     stream_max_in_flight: int = 4
     drain_grace_s: float = 10.0
+    # Connections older than this are closed (GOAWAY, then `max_connection_age_grace_s` for calls
+    # in flight) so clients re-resolve and spread over replicas that joined since; 0 = never.
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 10.0
     # Admission (admission.py): gRPC's own limit on calls in progress (streams count once), the
     # decode threads (None: one per CPU core), decoded pixels in flight across the server, and
     # stream frames held across all streams.
@@ -299,7 +303,7 @@ def _scalar(name: str, value: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "auto")):
             return None
         return _int(value, where, 1)
-    if name == "drain_grace_s":
+    if name in ("drain_grace_s", "max_connection_age_s", "max_connection_age_grace_s"):
         return _float(value, where, 0.0)
     if name in ("log_requests", "jpeg_reduced_decode"):
         return _bool(value, where)
