@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pytest
 
 from detserve.protos import detection_pb2 as pb
+from detserve.server.registry import ServedModel
 
 from ..engines.torchvision_graph import write_package
 from .conftest import WAIT_S, Running, blocks_model, request_for, server_config, until
@@ -111,7 +112,9 @@ async def test_a_formed_batch_runs_image_by_image_and_each_reply_is_its_own(
     # Three more queue behind the held batch, then run together as one batch of 3.
     scenes = [_scene(128, 128, [(32 * k, 64, 32, k % 3, 255)]) for k in range(3)]
     rest = [asyncio.ensure_future(run.stub.Detect(request_for(s))) for s in scenes]
-    batcher = run.server.registry.default.batcher
+    served = run.server.registry.default
+    assert isinstance(served, ServedModel)
+    batcher = served.batcher
     await until(lambda: batcher.queue_depth() == 3)
     run.engines.first.gate.set()
     replies = await asyncio.gather(first, *rest)
