@@ -57,7 +57,7 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from detserve.models.drift_reference import store_reference
+    from detserve.models.eval_reference import store_reference
     from detserve.models.evaluate import SplitError, apply_threshold, evaluate_package, write_report
 
     try:

@@ -3,8 +3,8 @@
 `detserve-model eval --store-reference` (and `--choose-threshold`, which changes the threshold
 the reference counts at) writes the histograms of detections per image and max score per image,
 at the package's serving score threshold, into the manifest as `metadata.drift_reference`
-(server/shift.py reads it; the bins are the val set's deciles). Refused on the test split, like
-the threshold: test never shapes the package.
+(format: engines/drift_reference.py; the bins are the val set's deciles). Refused on the test
+split, like the threshold: test never shapes the package.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from detserve.engines.drift_reference import METADATA_KEY, build_reference
 from detserve.engines.manifest import load_package, write_manifest
 from detserve.models.evaluate_metrics import ImageDetections
-from detserve.server.shift import METADATA_KEY, build_reference
 
 
 def eval_reference(preds: Sequence[ImageDetections], score_threshold: float,

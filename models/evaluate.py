@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from detserve.engines.base import DecodeParams, Engine
+from detserve.engines.drift_reference import METADATA_KEY
 from detserve.engines.manifest import (
     Manifest,
     ModelPackage,
@@ -31,7 +32,7 @@ from detserve.engines.manifest import (
     write_manifest,
 )
 from detserve.models.coco import CocoSet, load_coco
-from detserve.models.drift_reference import eval_reference
+from detserve.models.eval_reference import eval_reference
 from detserve.models.evaluate_metrics import (
     CocoMetrics,
     ImageDetections,
@@ -39,7 +40,6 @@ from detserve.models.evaluate_metrics import (
     best_f1_threshold,
     coco_metrics,
 )
-from detserve.server.shift import METADATA_KEY
 
 EVAL_SCORE_THRESHOLD = 0.001
 EVAL_MAX_DETECTIONS = 100
@@ -64,7 +64,7 @@ class EvalReport:
     seconds: float
     warnings: tuple[str, ...] = ()
     # Histograms of detections and max score per image at the serving threshold: the server's
-    # distribution-shift reference (models/drift_reference.py).
+    # distribution-shift reference (models/eval_reference.py).
     reference: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:

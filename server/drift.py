@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from detserve.engines.drift_reference import METADATA_KEY, Reference
 from detserve.server.alerts_config import AlertsConfig
 from detserve.server.cameras import OTHER
 from detserve.server.catalog import ModelView
@@ -27,7 +28,6 @@ from detserve.server.dead_camera import CameraState, CameraTable, DeadCameraRule
 from detserve.server.detect import RequestRecord
 from detserve.server.drift_metrics import DriftMetrics
 from detserve.server.model_shift import ModelShift, ShiftChange, package_reference
-from detserve.server.shift import Reference
 
 
 class DriftMonitor:
@@ -47,7 +47,7 @@ class DriftMonitor:
         """Start watching the served models: each one's reference, or its warm-up."""
         for model in models:
             ref, why = package_reference(model.manifest)
-            if ref is None and model.manifest.metadata.get("drift_reference") is not None:
+            if ref is None and model.manifest.metadata.get(METADATA_KEY) is not None:
                 self.logger.warning("drift_reference_unused", model=model.key, reason=why,
                                     warmup_frames=self.config.shift_warmup_frames)
             self.shifts[model.key] = ModelShift(model.manifest, self.config, ref)

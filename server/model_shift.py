@@ -16,15 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from detserve.engines.base import DecodeParams
-from detserve.engines.manifest import Manifest
-from detserve.server.alerts_config import AlertsConfig
-from detserve.server.shift import (
+from detserve.engines.drift_reference import (
     METADATA_KEY,
     Reference,
     ReferenceError,
-    SlidingHistogram,
     build_reference,
 )
+from detserve.engines.manifest import Manifest
+from detserve.server.alerts_config import AlertsConfig
+from detserve.server.shift import SlidingHistogram
 
 EVERY_FRAMES = 10  # PSI is recomputed every this many frames of a signal: O(bins) / 10 a frame
 _SLACK = 1e-6  # thresholds are float32 on the wire
