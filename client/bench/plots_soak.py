@@ -127,7 +127,8 @@ def resources_figure(doc: dict[str, Any], plan: SoakPlan, buckets: Sequence[Buck
                  transform=top.transAxes, fontsize=9)
     top.set_ylabel("RSS (MB)")
     smooth = max(5.0, plan.sample_s * 5)
-    for attr, label, color in (("cpu_s", "server", st.PALETTE[0]),
+    for attr, label, color in (("host_busy_s", "whole host (every process)", "#7f7f7f"),
+                               ("cpu_s", "server", st.PALETTE[0]),
                                ("client_cpu_s", "load generator", st.PALETTE[1])):
         xs, ys = _rates(samples, attr, smooth)
         if xs:

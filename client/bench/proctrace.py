@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from detserve.client.bench.hostload import read_cpu_jiffies
 from detserve.client.bench.procstat import MB, read_rss_bytes
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -41,6 +42,9 @@ class ProcSample:
     rss_mb: float | None  # the traced process
     cpu_s: float | None  # the traced process, cumulative
     client_cpu_s: float  # the sampling process, cumulative (time.process_time)
+    # The whole host's busy CPU seconds (every process; /proc/stat), cumulative: shows when
+    # something else on the machine took the cores the server needed.
+    host_busy_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -48,7 +52,15 @@ class ProcSample:
 
 def samples_from_json(rows: list[dict[str, Any]]) -> list[ProcSample]:
     return [ProcSample(float(r["t_s"]), r.get("rss_mb"), r.get("cpu_s"),
-                       float(r.get("client_cpu_s", 0.0))) for r in rows]
+                       float(r.get("client_cpu_s", 0.0)), r.get("host_busy_s")) for r in rows]
+
+
+def read_host_busy_seconds() -> float | None:
+    """CPU seconds the whole host has been busy (all CPUs, not idle or iowait)."""
+    ticks = read_cpu_jiffies()
+    if ticks is None:
+        return None
+    return sum(v for k, v in ticks.items() if k not in ("idle", "iowait")) / _TICKS
 
 
 class ProcTracer:
@@ -71,7 +83,8 @@ class ProcTracer:
         rss = read_rss_bytes(self.pid) if self.pid is not None else None
         cpu = read_cpu_seconds(self.pid) if self.pid is not None else None
         sample = ProcSample(time.perf_counter() - self.origin,
-                            None if rss is None else rss / MB, cpu, time.process_time())
+                            None if rss is None else rss / MB, cpu, time.process_time(),
+                            read_host_busy_seconds())
         with self._lock:
             self._samples.append(sample)
 

@@ -25,7 +25,7 @@ from detserve.client.bench.soak_stats import BucketStats
 
 CSV_COLUMNS = ("minute", "start_s", "end_s", "ok", "errors", "throughput_rps", "p50_ms",
                "p95_ms", "p99_ms", "max_ms", "mean_batch_size", "rss_max_mb", "rss_mean_mb",
-               "server_cpu_cores", "client_cpu_cores")
+               "server_cpu_cores", "client_cpu_cores", "host_busy_cores")
 
 
 def add_soak_parser(sub: Any) -> argparse.ArgumentParser:

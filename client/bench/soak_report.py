@@ -50,19 +50,42 @@ def summary_lines(s: SoakSummary, buckets: Sequence[BucketStats]) -> list[str]:
                      f"{_f(s.rss_peak_mb)} MB")
     else:
         lines.append("- server RSS and CPU: not traced (give --server-pid with --target)")
-    return lines
+    cpu = cpu_line(buckets)
+    return [*lines, cpu] if cpu else lines
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return sum(got) / len(got) if got else None
+
+
+def cpu_line(buckets: Sequence[BucketStats]) -> str | None:
+    """Mean CPU of the server, the load generator, the whole host and the rest (every other
+    process: what a noisy neighbour took), over the buckets."""
+    server = _mean([b.server_cpu_cores for b in buckets])
+    client = _mean([b.client_cpu_cores for b in buckets])
+    host = _mean([b.host_busy_cores for b in buckets])
+    if server is None or host is None or client is None:
+        return None
+    others = [h - sv - c for h, sv, c in ((b.host_busy_cores, b.server_cpu_cores,
+                                           b.client_cpu_cores) for b in buckets)
+              if h is not None and sv is not None and c is not None]
+    worst = max(others) if others else float("nan")
+    return (f"- CPU, mean per minute: server {server:.2f} cores, load generator {client:.2f}, "
+            f"whole host {host:.2f}; other processes {host - server - client:.2f} "
+            f"(at most {worst:.2f} in one minute)")
 
 
 def minutes_table(buckets: Sequence[BucketStats]) -> str:
     rows = ["| minute | replies | errors | req/s | p50 ms | p95 ms | p99 ms | max ms | "
-            "mean batch | server RSS max MB | server CPU cores | client CPU cores |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "mean batch | server RSS max MB | server CPU cores | client CPU cores | "
+            "host busy cores |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in buckets:
         rows.append(f"| {b.index + 1} | {b.ok} | {sum(b.errors.values())} | "
                     f"{_f(b.throughput_rps)} | {_f(b.p50_ms)} | {_f(b.p95_ms)} | "
                     f"{_f(b.p99_ms)} | {_f(b.max_ms)} | {_f(b.mean_batch_size, 2)} | "
                     f"{_f(b.rss_max_mb)} | {_f(b.server_cpu_cores, 2)} | "
-                    f"{_f(b.client_cpu_cores, 2)} |")
+                    f"{_f(b.client_cpu_cores, 2)} | {_f(b.host_busy_cores, 2)} |")
     return "\n".join(rows)
 
 

@@ -42,6 +42,7 @@ class BucketStats:
     rss_mean_mb: float | None
     server_cpu_cores: float | None
     client_cpu_cores: float | None
+    host_busy_cores: float | None = None  # every process on the host, these two included
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +149,7 @@ def bucket_stats(records: Sequence[RequestRecord], samples: Sequence[ProcSample]
             rss_max_mb=rss_max, rss_mean_mb=rss_mean,
             server_cpu_cores=cpu_cores(samples, "cpu_s", t0, t1),
             client_cpu_cores=cpu_cores(samples, "client_cpu_s", t0, t1),
+            host_busy_cores=cpu_cores(samples, "host_busy_s", t0, t1),
         ))
     return out
 

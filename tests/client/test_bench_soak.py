@@ -16,6 +16,7 @@ from detserve.client.bench.inputs import InputSpec, build_requests, load_inputs
 from detserve.client.bench.proctrace import ProcSample, read_cpu_seconds
 from detserve.client.bench.recorder import OK, RequestRecord, latency_stats
 from detserve.client.bench.soak import SoakPlan, run_soak
+from detserve.client.bench.soak_report import cpu_line
 from detserve.client.bench.soak_stats import bucket_stats, split_buckets, summarize_soak
 
 from .conftest import ThreadedServer
@@ -37,7 +38,7 @@ def test_bucket_stats_from_known_records() -> None:
         _rec(12.0, 100.0, batch=4), _rec(18.0, 200.0, batch=4),
         _rec(32.5, 50.0),  # after the planned end (31.0): joins the last bucket
     ]
-    samples = [ProcSample(float(t), 100.0 + t, 0.5 * t, 0.25 * t) for t in range(34)]
+    samples = [ProcSample(float(t), 100.0 + t, 0.5 * t, 0.25 * t, 1.5 * t) for t in range(34)]
     buckets = bucket_stats(records, samples, start_s=1.0, duration_s=30.0, bucket_s=10.0)
     assert [b.ok for b in buckets] == [4, 2, 1]
     assert buckets[0].errors == {"UNAVAILABLE": 1} and not buckets[1].errors
@@ -51,6 +52,11 @@ def test_bucket_stats_from_known_records() -> None:
     assert buckets[2].rss_max_mb == pytest.approx(132.0)  # the last bucket ends at 32.5 s
     assert [b.server_cpu_cores for b in buckets] == pytest.approx([0.5] * 3)
     assert [b.client_cpu_cores for b in buckets] == pytest.approx([0.25] * 3)
+    assert [b.host_busy_cores for b in buckets] == pytest.approx([1.5] * 3)
+    # Whatever else ran took 1.5 - 0.5 - 0.25 cores: the report's "other processes".
+    assert cpu_line(buckets) == ("- CPU, mean per minute: server 0.50 cores, load generator "
+                                 "0.25, whole host 1.50; other processes 0.75 (at most 0.75 "
+                                 "in one minute)")
     s = summarize_soak(records, buckets, 10.0)
     assert (s.ok, s.errors, s.worst_bucket, s.slowest_bucket) == (7, 1, 1, 2)
     assert s.worst_p99_ms == pytest.approx(200.0, rel=2e-3)
@@ -90,6 +96,7 @@ async def test_short_soak_buckets_match_the_records(server: ThreadedServer,
         assert b.p99_ms == latency_stats(r.latency_ms for r in mine).p99_ms
         assert b.rss_max_mb is not None and b.rss_max_mb > 10
         assert b.server_cpu_cores is not None and b.server_cpu_cores > 0
+        assert b.host_busy_cores is not None and b.host_busy_cores >= b.server_cpu_cores * 0.9
     s = run.summary
     assert s.first_over_last_throughput == pytest.approx(
         run.buckets[0].throughput_rps / run.buckets[-1].throughput_rps)
