@@ -8,7 +8,6 @@ from typing import Any
 import grpc
 
 from detserve.protos import inference_pb2 as ip
-from detserve.protos import inference_pb2_grpc as ip_grpc
 from detserve.server.catalog import Catalog
 from detserve.server.config import ServerConfig
 from detserve.server.detect import DetectCore
@@ -17,6 +16,7 @@ from detserve.server.oip.guard import OipGuard
 from detserve.server.oip.rest import RestEndpoint
 from detserve.server.oip.service import InferenceService, OipParts
 from detserve.server.oip.statistics import Statistics
+from detserve.server.oip.wire import add_inference_service
 from detserve.server.security import EdgeSecurity
 from detserve.server.service import DetectorService
 
@@ -46,8 +46,7 @@ class OipFrontEnd:
         return cls(parts, config)
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        ip_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            self.service, server)
+        add_inference_service(self.service, server)
 
     async def start_rest(self, reuse_port: bool = False) -> int | None:
         """Bind the REST port when the config has one; OSError when it cannot. `reuse_port`:

@@ -30,6 +30,7 @@ from detserve.server.oip.guard import OipGuard
 from detserve.server.oip.infer import InferCall, deadline_of, infer, resolve
 from detserve.server.oip.statistics import Statistics
 from detserve.server.oip.tensors import binary_output, images_of, options_of
+from detserve.server.oip.wire import Unparsed
 from detserve.server.service import DetectorService
 from detserve.server.tokens import Grant
 
@@ -155,24 +156,28 @@ class InferenceService(ip_grpc.GRPCInferenceServiceServicer):
                 await _abort(context, exc)
                 raise
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[ip.ModelInferRequest],
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[ip.ModelInferRequest
+                                                                     | Unparsed],
                                context: Context) -> AsyncIterator[ip.ModelStreamInferResponse]:
         async with self.parts.detector.admitted(context):
             async for reply in self._stream(request_iterator, context):
                 yield reply
 
-    async def _answer(self, request: ip.ModelInferRequest, context: Context,
+    async def _answer(self, request: ip.ModelInferRequest | Unparsed, context: Context,
                       deadline: float | None) -> ip.ModelStreamInferResponse:
         try:
+            if isinstance(request, Unparsed):
+                raise request.refusal()
             response = await self._infer(request, context, deadline)
         except RequestError as exc:
             message = f"{exc.code.name}: {exc.message}"
-            if request.id:
+            if not isinstance(request, Unparsed) and request.id:
                 message = f"[request id: {request.id}] {message}"
             return ip.ModelStreamInferResponse(error_message=message)
         return ip.ModelStreamInferResponse(infer_response=response)
 
-    async def _stream(self, requests: AsyncIterator[ip.ModelInferRequest], context: Context
+    async def _stream(self, requests: AsyncIterator[ip.ModelInferRequest | Unparsed],
+                      context: Context
                       ) -> AsyncIterator[ip.ModelStreamInferResponse]:
         """Up to stream_max_in_flight requests run at once; replies leave in request order."""
         deadline = deadline_from(context)

@@ -236,3 +236,11 @@ async def test_statistics_count_what_was_answered(oip: Oip) -> None:
     assert int(after["last_inference"]) > 0
     everything = await oip.grpc.get_inference_statistics(as_json=True)
     assert [m["name"] for m in everything["model_stats"]] == ["blocks@64"]
+
+
+async def test_bytes_that_are_not_a_message_are_invalid_argument(oip: Oip) -> None:
+    call = oip.run.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(b"\xff\xff\xff\xff not protobuf")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest" in (info.value.details() or "")

@@ -70,3 +70,20 @@ async def test_calls_are_refused_while_the_server_drains(oip: Oip) -> None:
         await stub.ModelInfer(ip.ModelInferRequest(model_name="blocks"))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert not (await stub.ServerReady(ip.ServerReadyRequest())).ready
+
+
+async def test_a_frame_that_is_not_a_message_is_answered_in_band(oip: Oip) -> None:
+    call = oip.run.channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        response_deserializer=ip.ModelStreamInferResponse.FromString)()
+    good = ip.ModelInferRequest(model_name="blocks", id="ok")
+    good.inputs.add(name="IMAGE", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+        scene_png())
+    for frame in (b"\xff\xff\xff\xff not protobuf", good.SerializeToString()):
+        await call.write(frame)
+    await call.done_writing()
+    first, second = [reply async for reply in call]
+    assert "INVALID_ARGUMENT: the request is not a valid inference.ModelInferRequest" in (
+        first.error_message)
+    assert second.infer_response.id == "ok"
+    assert await call.code() == grpc.StatusCode.OK
