@@ -52,7 +52,7 @@ class DriftMonitor:
                                     warmup_frames=self.config.shift_warmup_frames)
             self.shifts[model.key] = ModelShift(model.manifest, self.config, ref)
             if ref is not None:
-                self.metrics.reference_frames.labels(model.key, ref.source).set(ref.frames)
+                self._reference(model.key, ref)
 
     def observe(self, rec: RequestRecord) -> None:
         if not self.config.enabled or rec.code.name != "OK":
@@ -133,8 +133,13 @@ class DriftMonitor:
 
     # -- distribution shift
 
-    def _warmed(self, model: str, ref: Reference) -> None:
+    def _reference(self, model: str, ref: Reference) -> None:
         self.metrics.reference_frames.labels(model, ref.source).set(ref.frames)
+        for signal in ref.signals:  # the alert counters exist, at zero, once they can count
+            self.metrics.shift_alerts.labels(model, signal)
+
+    def _warmed(self, model: str, ref: Reference) -> None:
+        self._reference(model, ref)
         self.logger.info("drift_reference_ready", model=model, source=ref.source,
                          frames=ref.frames, score_threshold=ref.score_threshold,
                          signals=sorted(ref.signals))
