@@ -247,8 +247,8 @@ def main() -> None:
     from memory_report import write_memory_report
 
     if args.report_only:
-        doc = json.loads((args.out / "results.json").read_text())
-        print(f"wrote {write_memory_report(doc, args.out)}")
+        saved = json.loads((args.out / "results.json").read_text())
+        print(f"wrote {write_memory_report(saved, args.out)}")
         return
 
     start = hostload.snapshot()
