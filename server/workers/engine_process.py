@@ -23,7 +23,7 @@ from detserve.server.admission import PixelBudget
 from detserve.server.catalog import ModelEntry
 from detserve.server.config import ConfigError, ServerConfig
 from detserve.server.lanes import LocalLane
-from detserve.server.logs import configure_logging
+from detserve.server.logs import configure_logging, get_logger
 from detserve.server.observe import RequestObserver
 from detserve.server.registry import EngineFactory, ModelRegistry
 from detserve.server.threadnames import ENGINE, name_os_thread, naming_engines
@@ -109,6 +109,10 @@ async def _main(spec: EngineSpec, factory: EngineFactory, conn: Connection) -> i
         return 2
     except OSError as exc:
         conn.send(("failed", "start", str(exc)))
+        return 1
+    except Exception as exc:  # a bug: say so on the pipe, with the traceback in the log
+        get_logger().exception("engine_start_failed")
+        conn.send(("failed", "start", f"the engine process failed to start: {exc!r}"))
         return 1
     conn.send(("ready", host.ready()))
     if not await children.told_to_stop(conn):

@@ -94,6 +94,10 @@ async def _main(spec: FrontendSpec, conn: Connection) -> int:
         conn.send(("failed", "start", f"front end {spec.index} could not reach the engine "
                                       f"process: {exc!r}"))
         return 1
+    except Exception as exc:  # a bug: say so on the pipe, with the traceback in the log
+        get_logger().exception("worker_start_failed", worker=spec.index)
+        conn.send(("failed", "start", f"front end {spec.index} failed to start: {exc!r}"))
+        return 1
     conn.send(("ready", os.getpid()))
     listening = asyncio.create_task(supervisor_says())
     await stop.wait()

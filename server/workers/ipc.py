@@ -43,7 +43,11 @@ def frame(message: Message) -> bytes:
 
 class MessageStream(asyncio.Protocol):
     """One end of a connection: `send` a message; each one received goes to `on_message`,
-    and `on_lost` is told once when the connection ends (None: closed cleanly)."""
+    and `on_lost` is told once when the connection ends (None: closed cleanly).
+
+    Messages sent in one turn of the event loop leave in one write (the replies of a batch,
+    the calls that arrived together): a system call per message was a tenth of a front end's
+    event-loop time."""
 
     def __init__(self, on_message: Callable[[Message], None],
                  on_lost: Callable[[Exception | None], None]) -> None:
@@ -51,6 +55,7 @@ class MessageStream(asyncio.Protocol):
         self._on_lost = on_lost
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
+        self._outbox: list[bytes] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,11 +87,20 @@ class MessageStream(asyncio.Protocol):
         del buffer[:start]
 
     def send(self, message: Message) -> None:
-        if self._transport is not None and not self.closed:
-            self._transport.write(frame(message))
+        if self._transport is None or self.closed:
+            return
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(frame(message))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if outbox and self._transport is not None and not self.closed:
+            self._transport.write(b"".join(outbox))
 
     def close(self) -> None:
         if self._transport is not None and not self.closed:
+            self._flush()
             self._transport.close()
 
     def abort(self, exc: Exception) -> None:
