@@ -1,0 +1,5 @@
+import sys
+
+from detserve.server.rayserve.cli import main
+
+sys.exit(main())
