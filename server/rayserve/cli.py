@@ -84,6 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               flush=True)
         stop.wait()
     finally:
-        serve.shutdown()
-        ray.shutdown()  # type: ignore[no-untyped-call]
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
     return 0
