@@ -3,7 +3,8 @@ a DetectStream, an id of the stream's own ("stream-<n>": one stream is one camer
 without the metadata belong to no camera; they still count for the model's distribution shift.
 
 An id becomes a Prometheus label value, so it is checked: 1-64 characters of letters, digits
-and `._:/-`, and not "other" (the label of the cameras beyond the label limit).
+and `._:/-`, not "other" (the label of the cameras beyond the label limit) and not starting
+with "stream-" (the server's own ids).
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ from detserve.server.errors import invalid
 
 CAMERA_KEY = "detserve-camera-id"
 OTHER = "other"  # the label of the cameras that have none of their own (drift.py)
+STREAM_PREFIX = "stream-"  # ids the server gives streams whose caller named no camera
 _ID = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 _streams = itertools.count(1)
 # Front ends (server/workers) each number their own streams; their pid keeps the ids apart in
 # the one /metrics they share.
-_PREFIX = (f"stream-{os.getpid()}-" if os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-           else "stream-")
+_PREFIX = (f"{STREAM_PREFIX}{os.getpid()}-" if os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+           else STREAM_PREFIX)
 
 
 def check_camera_id(text: str) -> str:
     """`text` if it is a valid camera id; else RequestError (INVALID_ARGUMENT)."""
-    if not _ID.fullmatch(text) or text == OTHER:
+    if not _ID.fullmatch(text) or text == OTHER or text.startswith(STREAM_PREFIX):
         raise invalid(f"metadata {CAMERA_KEY} must be 1-64 characters of letters, digits and "
-                      f"'._:/-', and not {OTHER!r}; got {text[:80]!r}")
+                      f"'._:/-', not {OTHER!r} and not starting with {STREAM_PREFIX!r}; got "
+                      f"{text[:80]!r}")
     return text
 
 

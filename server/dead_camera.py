@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from detserve.server.alerts_config import AlertsConfig
-from detserve.server.cameras import OTHER
+from detserve.server.cameras import OTHER, STREAM_PREFIX
 
 CameraKey = tuple[str, str]  # (model, camera)
 
@@ -105,10 +105,13 @@ class DeadCameraRule:
 
 class CameraTable:
     """The watched cameras, least recently seen first; label slots go to the first
-    `camera_labels` cameras and free up when they are forgotten."""
+    `camera_labels` cameras and free up when they are forgotten. `label_streams` False: the
+    server's own stream ids ("stream-<n>", one per stream, never seen again once it ends) get
+    no label of their own."""
 
-    def __init__(self, config: AlertsConfig) -> None:
+    def __init__(self, config: AlertsConfig, label_streams: bool = True) -> None:
         self.config = config
+        self.label_streams = label_streams
         self._cameras: OrderedDict[CameraKey, CameraState] = OrderedDict()
         self.labelled = 0
 
@@ -139,6 +142,8 @@ class CameraTable:
         return True
 
     def _take_label(self, camera: str) -> str:
+        if not self.label_streams and camera.startswith(STREAM_PREFIX):
+            return OTHER
         if self.labelled < self.config.camera_labels:
             self.labelled += 1
             return camera

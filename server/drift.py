@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from detserve.engines.drift_reference import METADATA_KEY, Reference
@@ -29,6 +30,8 @@ from detserve.server.detect import RequestRecord
 from detserve.server.drift_metrics import DriftMetrics
 from detserve.server.model_shift import ModelShift, ShiftChange, package_reference
 
+_OK = grpc.StatusCode.OK
+
 
 class DriftMonitor:
     def __init__(self, config: AlertsConfig, registry: CollectorRegistry, logger: Any,
@@ -38,7 +41,7 @@ class DriftMonitor:
         self.clock = clock
         self.metrics = DriftMetrics(registry)
         self.rule = DeadCameraRule(config)
-        self.cameras = CameraTable(config)
+        self.cameras = CameraTable(config, label_streams=not self.metrics.multiprocess)
         self.shifts: dict[str, ModelShift] = {}
         self._per_model: dict[str, int] = {}  # cameras tracked per model
         self._other_dead: dict[str, int] = {}
@@ -55,7 +58,7 @@ class DriftMonitor:
                 self._reference(model.key, ref)
 
     def observe(self, rec: RequestRecord) -> None:
-        if not self.config.enabled or rec.code.name != "OK":
+        if rec.code is not _OK or not self.config.enabled:
             return
         shift = self.shifts.get(rec.model)
         if shift is None:
@@ -64,8 +67,8 @@ class DriftMonitor:
             self._per_model[rec.model] = 0
             self._other_dead[rec.model] = 0
             self.metrics.model_seen(rec.model)
-        if shift.comparable(rec.params):
-            changes, warmed = shift.frame(rec.scores)
+        if rec.params is not None and shift.comparable(rec.params):
+            changes, warmed = shift.frame(rec.scores, rec.params, rec.max_score)
             if warmed is not None:
                 self._warmed(rec.model, warmed)
             for change in changes:

@@ -6,11 +6,14 @@ gauge counts how many of them are dead. A forgotten camera's series is removed.
 
 With front-end workers (server/workers) each front end watches its own streams and calls:
 the gauges read the largest value across live front ends ("livemax"), so a camera dead on
-any of them, or a shift seen by any of them, shows.
+any of them, or a shift seen by any of them, shows. prometheus_client cannot remove a series
+there (its value lives in the process's file): a forgotten camera's series stays, at 0, so
+streams without a caller's camera id get no label of their own in that mode (`multiprocess`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -20,6 +23,7 @@ _ANY_FRONT_END: Final = "livemax"
 
 class DriftMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.camera_dead = Gauge(
             "detserve_camera_dead",
             "1 while a camera is in the dead-camera alert (busy, then no detections for "
@@ -69,6 +73,6 @@ class DriftMetrics:
         self.camera_dead.labels(model, camera).inc(delta)
 
     def remove_camera(self, model: str, camera: str) -> None:
-        # Zeroed first: in multiprocess mode the value lives on in this process's file.
         self.camera_dead.labels(model, camera).set(0)
-        self.camera_dead.remove(model, camera)
+        if not self.multiprocess:
+            self.camera_dead.remove(model, camera)

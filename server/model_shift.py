@@ -76,16 +76,18 @@ class ModelShift:
         if reference is not None:
             self._use(reference)
 
-    def comparable(self, params: DecodeParams | None) -> bool:
-        return (params is not None and params.class_ids is None
-                and params.score_threshold <= self.threshold + _SLACK
+    def comparable(self, params: DecodeParams) -> bool:
+        return (params.class_ids is None and params.score_threshold <= self.threshold + _SLACK
                 and params.max_detections >= self.max_detections)
 
-    def frame(self, scores: Sequence[float]) -> tuple[list[ShiftChange], Reference | None]:
-        """Add one comparable frame's scores: the PSI changes it caused, and the warm-up
-        reference if this frame completed it."""
-        kept = [s for s in scores if s >= self.threshold - _SLACK]
-        n, top = len(kept), max(kept, default=0.0)
+    def frame(self, scores: Sequence[float], params: DecodeParams,
+              top: float) -> tuple[list[ShiftChange], Reference | None]:
+        """Add one comparable frame (its scores, the settings it ran with and its max score):
+        the PSI changes it caused, and the warm-up reference if this frame completed it."""
+        n = len(scores)
+        if params.score_threshold < self.threshold - _SLACK:  # re-count at the reference's
+            kept = [s for s in scores if s >= self.threshold - _SLACK]
+            n, top = len(kept), max(kept, default=0.0)
         if self._warmup is not None:
             return [], self._warm(n, top)
         changes = [self._add("detections", float(n))]

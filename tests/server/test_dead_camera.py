@@ -80,3 +80,10 @@ def test_same_camera_under_two_models_is_two_cameras() -> None:
     table = CameraTable(AlertsConfig())
     first, second = table.get("m@1", "cam", 0.0)[0], table.get("m@2", "cam", 0.0)[0]
     assert first is not second and len(table) == 2
+
+
+def test_stream_ids_can_go_unlabelled() -> None:
+    """With front-end workers, series cannot be removed: streams' own ids get no label."""
+    table = CameraTable(AlertsConfig(), label_streams=False)
+    assert table.get("m", "stream-7", 0.0)[0].label == OTHER
+    assert table.get("m", "gate-1", 0.0)[0].label == "gate-1" and table.labelled == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from detserve.engines.base import DecodeParams
+from detserve.engines.drift_reference import build_reference
 from detserve.engines.manifest import Manifest, Postprocess
 from detserve.server.alerts_config import AlertsConfig
 from detserve.server.catalog import ModelEntry
@@ -150,3 +152,37 @@ def test_warmup_reference_then_a_shift_alert_that_clears(log: io.StringIO) -> No
                      ("distribution_shift_started", "max_score"),
                      ("distribution_shift_cleared", "detections"),
                      ("distribution_shift_cleared", "max_score")]
+
+
+def _with_reference(threshold: float) -> Manifest:
+    ref = build_reference([1, 2] * 50, [0.95] * 100, threshold, "package", {"split": "val"})
+    return replace(MANIFEST, metadata={"drift_reference": ref.to_metadata()})
+
+
+def test_a_package_reference_counts_at_its_own_threshold(log: io.StringIO) -> None:
+    registry = CollectorRegistry()
+    mon = DriftMonitor(AlertsConfig(shift_window_frames=100, shift_min_frames=100), registry,
+                       get_logger(), Clock())
+    mon.watch([ModelEntry(MODEL, "m", "1", ModelConfig(package=Path(".")),
+                          _with_reference(0.7), "onnxruntime", True)])
+    assert registry.get_sample_value("detserve_distribution_shift_reference_frames",
+                                     {"model": MODEL, "source": "package"}) == 100
+    low = DecodeParams(0.3, 0.5, 100)  # the caller asked for more than the reference counts
+    for k in range(100):
+        # At 0.7: one detection, then two, as in the reference; the low ones do not count.
+        scores = (0.95, 0.65, 0.5) if k % 2 == 0 else (0.95, 0.8, 0.6)
+        mon.observe(frame("", scores, low))
+    value = registry.get_sample_value("detserve_distribution_shift",
+                                      {"model": MODEL, "signal": "detections"})
+    assert value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_reference_below_the_served_threshold_is_not_used(log: io.StringIO) -> None:
+    registry = CollectorRegistry()
+    mon = DriftMonitor(AlertsConfig(), registry, get_logger(), Clock())
+    mon.watch([ModelEntry(MODEL, "m", "1", ModelConfig(package=Path(".")),
+                          _with_reference(0.3), "onnxruntime", True)])
+    [unused] = [e for e in events(log) if e["event"] == "drift_reference_unused"]
+    assert "below the served score_threshold 0.5" in unused["reason"]
+    assert registry.get_sample_value("detserve_distribution_shift_reference_frames",
+                                     {"model": MODEL, "source": "package"}) is None
