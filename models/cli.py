@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "detserve.models.cli_train",
     "detserve.models.cli_eval",
     "detserve.models.cli_precision",
+    "detserve.models.cli_report",
 )
 
 
