@@ -32,7 +32,7 @@ from detserve.server.oip import describe
 from detserve.server.oip.infer import InferCall, deadline_of, infer, resolve
 from detserve.server.oip.rest_tensors import HEADER_LENGTH, encode_response, parse_request
 from detserve.server.oip.service import OipParts
-from detserve.server.oip.tensors import binary_output, images_of, options_of
+from detserve.server.oip.tensors import binary_output, images_of, marks_final, options_of
 from detserve.server.tokens import Grant
 
 HTTP_STATUS = {
@@ -79,6 +79,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except RequestError as exc:
         return error_response(exc)
+    except web.HTTPException as exc:  # aiohttp's own: no such route, a body over the limit
+        if exc.status < 400:
+            raise
+        what = f"no route {request.method} {request.path}" if exc.status in (404, 405) else (
+            exc.text or exc.reason)
+        return web.json_response({"error": what}, status=exc.status)
 
 
 def _peer(request: web.Request) -> str:
@@ -171,8 +177,11 @@ class RestRoutes:
         asked = dict(body.outputs)
         binary = {t.name: every if asked.get(t.name) is None else bool(asked[t.name])
                   for t in tensors}
+        params: dict[str, Any] = {"served_as": model.key}
+        if marks_final(body.parameters):
+            params["triton_final_response"] = True
         head = {"model_name": name, "model_version": model.manifest.version,
-                "id": body.request_id, "parameters": {"served_as": model.key}}
+                "id": body.request_id, "parameters": params}
         data, header_length = encode_response(head, tensors, binary)
         response = web.Response(body=data, content_type=(
             "application/json" if header_length is None else "application/octet-stream"))

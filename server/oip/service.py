@@ -29,7 +29,7 @@ from detserve.server.oip.grpc_tensors import infer_response, parameters_of, tens
 from detserve.server.oip.guard import OipGuard
 from detserve.server.oip.infer import InferCall, deadline_of, infer, resolve
 from detserve.server.oip.statistics import Statistics
-from detserve.server.oip.tensors import binary_output, images_of, options_of
+from detserve.server.oip.tensors import binary_output, images_of, marks_final, options_of
 from detserve.server.oip.wire import Unparsed
 from detserve.server.service import DetectorService
 from detserve.server.tokens import Grant
@@ -145,7 +145,10 @@ class InferenceService(ip_grpc.GRPCInferenceServiceServicer):
         call = InferCall(model, request.id, images, options, outputs)
         tensors = await infer(parts.core, call, deadline_of(deadline, options), context.peer())
         raw = binary_output(params, default=True) and not _typed_outputs(request)
-        return infer_response(request, model, tensors, raw)
+        response = infer_response(request, model, tensors, raw)
+        if marks_final(params):
+            response.parameters["triton_final_response"].bool_param = True
+        return response
 
     async def ModelInfer(self, request: ip.ModelInferRequest,
                          context: Context) -> ip.ModelInferResponse:

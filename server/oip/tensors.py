@@ -27,8 +27,11 @@ MAX_UINT32 = 2**32 - 1  # the detserve.v1 fields these parameters fill are uint3
 ParamValue = bool | int | float | str | list[int]
 # Parameters Triton's clients send with their no-op values; anything else is refused.
 NO_OP = {"priority": 0, "sequence_id": 0, "sequence_start": False, "sequence_end": False}
+# perf_analyzer asks for it on every request: each reply is then marked final (the only reply
+# to a request here, as from any model that is not decoupled).
+FINAL_RESPONSE = "triton_enable_empty_final_response"
 PARAMETERS = ("score_threshold", "iou_threshold", "max_detections", "class_ids", "timeout",
-              "priority", "binary_data_output")
+              "priority", "binary_data_output", FINAL_RESPONSE)
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,14 @@ def options_of(params: Mapping[str, ParamValue]) -> InferOptions:
         class_ids=() if classes is None else _class_ids(classes),
         timeout_s=timeout_us / 1e6 if timeout_us else None,
     )
+
+
+def marks_final(params: Mapping[str, ParamValue]) -> bool:
+    """The caller asked for `triton_final_response` on its reply."""
+    value = params.get(FINAL_RESPONSE, False)
+    if not isinstance(value, bool):
+        raise invalid(f"parameter {FINAL_RESPONSE} must be true or false, got {value!r}")
+    return value
 
 
 def binary_output(params: Mapping[str, ParamValue], default: bool) -> bool:

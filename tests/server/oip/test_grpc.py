@@ -244,3 +244,12 @@ async def test_bytes_that_are_not_a_message_are_invalid_argument(oip: Oip) -> No
         await call(b"\xff\xff\xff\xff not protobuf")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid inference.ModelInferRequest" in (info.value.details() or "")
+
+
+async def test_perf_analyzers_final_response_flag_is_answered(oip: Oip) -> None:
+    stub = ip_grpc.GRPCInferenceServiceStub(oip.run.channel)  # type: ignore[no-untyped-call]
+    request = _param("triton_enable_empty_final_response", bool_param=True)
+    reply = await stub.ModelInfer(request)
+    assert reply.parameters["triton_final_response"].bool_param is True
+    plain = await stub.ModelInfer(_raw_request())
+    assert "triton_final_response" not in plain.parameters

@@ -122,3 +122,15 @@ async def test_unknown_model_is_404_and_tritonclient_reads_the_error(oip: Oip) -
     with pytest.raises(InferenceServerException) as too_many:
         await oip.http.infer("blocks", [five])
     assert too_many.value.status() == "400" and "max_batch_size" in too_many.value.message()
+
+
+async def test_unknown_routes_and_oversized_bodies_answer_json_errors(oip: Oip) -> None:
+    limit = oip.run.server.oip.config.max_message_bytes  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{oip.rest_url}/v2/nothing") as missing:
+            assert missing.status == 404
+            assert (await missing.json())["error"] == "no route GET /v2/nothing"
+        url = f"{oip.rest_url}/v2/models/blocks/infer"
+        async with session.post(url, data=b"x" * (limit + 1)) as big:
+            assert big.status == 413
+            assert str(limit) in (await big.json())["error"]
