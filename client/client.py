@@ -89,9 +89,30 @@ def channel_options(
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
     if load_balancing:
-        config = {"loadBalancingConfig": [{load_balancing: {}}]}
-        options.append(("grpc.service_config", json.dumps(config)))
+        options.append(("grpc.service_config", json.dumps(balanced_service_config(
+            load_balancing))))
     return options
+
+
+# Unary calls a draining replica refused (UNAVAILABLE, nothing done) are sent again, to the
+# next pick; streams are not retried (their frames may have been answered). A draining server
+# keeps its connections through the grace period, so with other calls picking in between a
+# retry can land on it again: 5 attempts, gRPC's most.
+UNARY_RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.02s",
+    "maxBackoff": "0.5s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def balanced_service_config(load_balancing: str) -> dict[str, Any]:
+    """gRPC service config: the balancing policy, and retries of refused unary calls."""
+    unary = [{"service": "detserve.v1.Detector", "method": m}
+             for m in ("Detect", "ListModels", "GetModelInfo")]
+    return {"loadBalancingConfig": [{load_balancing: {}}],
+            "methodConfig": [{"name": unary, "retryPolicy": UNARY_RETRY_POLICY}]}
 
 
 class _SentTimes:

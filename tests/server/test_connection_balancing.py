@@ -7,6 +7,7 @@ from each replica's own engine (`EngineRecorder.first.batches`).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from detserve.client.client import AsyncDetectClient, channel_options
 from detserve.server.config import ConfigError, load_config
 from detserve.server.connection_age import connection_age_options
 
-from .conftest import WAIT_S, blocks_image, blocks_model, png, request_for, server_config
+from .conftest import (
+    WAIT_S,
+    blocks_image,
+    blocks_model,
+    png,
+    request_for,
+    server_config,
+    until,
+)
 
 GOOD_PNG = png(blocks_image(64, 64, [(32, 32, 1)]))
 
@@ -42,8 +51,47 @@ def test_connection_age_config_from_env_and_bad_value(tmp_path: Path, tiny_packa
 
 def test_round_robin_option_sets_the_service_config() -> None:
     options = dict(channel_options(1024, "round_robin"))
-    assert options["grpc.service_config"] == '{"loadBalancingConfig": [{"round_robin": {}}]}'
+    config = json.loads(options["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    (method,) = config["methodConfig"]
+    assert {n["method"] for n in method["name"]} == {"Detect", "ListModels", "GetModelInfo"}
+    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert "grpc.service_config" not in dict(channel_options(1024))
+
+
+async def test_a_draining_replica_loses_no_calls(
+    start: Callable[..., Any], tiny_package: Path
+) -> None:
+    """A caller keeps going while one of two replicas drains and stops: the calls it refuses
+    (UNAVAILABLE) are retried on the next pick, the other replica, and none fails. One caller:
+    round robin then alternates strictly, so the retry's pick is the other replica (with
+    concurrent callers a retry can hit the draining one again; see UNARY_RETRY_POLICY)."""
+    replicas = [await start(server_config(blocks_model(tiny_package, max_batch_size=1)))
+                for _ in range(2)]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{r.server.port}" for r in replicas)
+    draining, survivor = replicas[0], replicas[1]
+    stopping = asyncio.Event()
+    async with AsyncDetectClient(target, load_balancing="round_robin") as client:
+        await client.wait_ready(WAIT_S)
+
+        async def caller() -> int:
+            sent = 0
+            while not stopping.is_set() or sent < 40:
+                reply = await client.detect(GOOD_PNG)  # raises on any failed call
+                assert len(reply.detections) == 1
+                sent += 1
+            return sent
+
+        calls = asyncio.create_task(caller())
+        await until(lambda: draining.engines.first.images_run >= 5)
+        stop = asyncio.create_task(draining.server.stop(grace_s=2.0))
+        await until(lambda: draining.server.service.draining)
+        at_drain = survivor.engines.first.images_run
+        stopping.set()
+        sent = await asyncio.wait_for(calls, WAIT_S)
+        await stop
+    assert sent >= 40
+    assert survivor.engines.first.images_run > at_drain  # it took the calls after the drain
 
 
 async def test_round_robin_spreads_calls_over_every_replica(
