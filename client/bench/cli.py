@@ -94,6 +94,9 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS,
                    help="connections to spread calls over (each its own; a server with "
                    "--workers N gives each connection to one worker)")
+    p.add_argument("--load-balancing", choices=("pick_first", "round_robin"), default=None,
+                   help="gRPC balancing over the addresses --target resolves to "
+                        "(round_robin: every replica of ipv4:A:P,B:P or dns:///NAME:P)")
     p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured warm-up per level")
     p.add_argument("--duration-s", type=float, default=10.0, help="measurement window per level")
     p.add_argument("--max-requests", type=int, default=1_000_000,
@@ -156,7 +159,8 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
                             timeout_s=args.timeout_s, streams=args.streams, seed=args.seed,
                             channels=args.channels,
                             max_outstanding=args.max_outstanding,
-                            stream_policy=args.stream_policy)
+                            stream_policy=args.stream_policy,
+                            load_balancing=args.load_balancing)
     levels = {"closed": args.concurrency, "open": args.rate, "camera": args.cameras}[args.mode]
     return LoadPlan(args.mode, tuple(float(v) for v in levels), settings, args.arrivals,
                     args.fps, args.stale_ms)

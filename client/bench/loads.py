@@ -52,6 +52,9 @@ class LoadSettings:
     seed: int = 0
     stream_policy: str | None = None  # DetectStream policy: block, latest; None = server's
     channels: int = DEFAULT_CHANNELS  # connections to spread senders over (runner.py)
+    # gRPC policy over the addresses the target resolves to (round_robin: every replica of
+    # `ipv4:a:p,b:p` or a headless Service's dns:/// name); None: pick_first.
+    load_balancing: str | None = None
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:

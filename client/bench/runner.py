@@ -107,7 +107,8 @@ async def run_plan(
     pool of its own, so its own connection: a server with front-end workers gets calls on
     several workers (loads.py)."""
     results: list[LevelResult] = []
-    options = [*channel_options(MAX_MESSAGE_BYTES), ("grpc.use_local_subchannel_pool", 1)]
+    options = [*channel_options(MAX_MESSAGE_BYTES, plan.settings.load_balancing),
+               ("grpc.use_local_subchannel_pool", 1)]
     channels = [open_aio_channel(target, options, security)
                 for _ in range(plan.settings.channels)]
     try:
