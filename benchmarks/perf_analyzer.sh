@@ -9,7 +9,8 @@
 # it); it needs libb64.so.0d (Debian's libb64-0d, installed with apt-get when missing) and
 # libcudart.so.12 (from the nvidia-cuda-runtime-cu12 wheel), no GPU. Both wheels are fetched
 # with pip into $PA_CACHE once. The server is the packaged default (shapes@320, OpenVINO INT8),
-# started here on $PORT. Results: perf_analyzer.csv, detserve_bench.json, compare.md, the logs.
+# started here on $PORT. Results: perf_analyzer.csv (the full ladder), runs/ (the interleaved
+# comparison: perf_analyzer CSVs, detserve-bench results, server statistics), compare.md, logs.
 # Waits while /tmp/detserve/BENCH_LOCK exists, and holds it while it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,10 +75,31 @@ SERVER_PID=$!
 "$PERF_ANALYZER" -m shapes -i grpc -u "127.0.0.1:$PORT" --concurrency-range 1:16:3 \
   --input-data "$OUT/input_data.json" --measurement-interval "$INTERVAL_MS" \
   --stability-percentage "$STABILITY" --max-trials 10 \
-  -f "$OUT/perf_analyzer.csv" 2>&1 | tee "$OUT/perf_analyzer.log"
+  -f "$OUT/perf_analyzer.csv" 2>&1 | tee "$OUT/perf_analyzer.log" \
+  || echo "perf_analyzer: the full ladder failed (see perf_analyzer.log)"
 
-"$BIN/detserve-bench" run --target "127.0.0.1:$PORT" --model shapes --mode closed \
-  --concurrency 1 4 16 --warmup-s 2 --duration-s "$DURATION_S" --inputs "$OUT/images" \
-  --input-count 4 --out "$OUT/detserve_bench.json" --no-progress 2>&1 | tee "$OUT/detserve_bench.log"
+# The comparison, interleaved so both see the same machine: at each concurrency perf_analyzer,
+# detserve-bench, perf_analyzer again; the server's statistics (ModelStatistics) are read
+# around each run, so each one's engine time per batch is known (compare.md).
+stats() { "$PY" benchmarks/perf_analyzer_compare.py stats "127.0.0.1:$PORT" "$OUT/runs/$1.json"; }
+mkdir -p "$OUT/runs"
+for c in 1 4 16; do
+  for run in a bench b; do
+    stats "c${c}_${run}_before"
+    if [ "$run" = bench ]; then
+      "$BIN/detserve-bench" run --target "127.0.0.1:$PORT" --model shapes --mode closed \
+        --concurrency "$c" --warmup-s 2 --duration-s "$DURATION_S" --inputs "$OUT/images" \
+        --input-count 4 --out "$OUT/runs/c${c}_bench.json" --no-progress 2>&1 \
+        | tee -a "$OUT/detserve_bench.log"
+    else
+      "$PERF_ANALYZER" -m shapes -i grpc -u "127.0.0.1:$PORT" --concurrency-range "$c:$c" \
+        --input-data "$OUT/input_data.json" --measurement-interval "$INTERVAL_MS" \
+        --stability-percentage "$STABILITY" --max-trials 10 \
+        -f "$OUT/runs/c${c}_pa_${run}.csv" >> "$OUT/perf_analyzer_levels.log" 2>&1 \
+        || echo "perf_analyzer c=$c ($run) failed: see perf_analyzer_levels.log"
+    fi
+    stats "c${c}_${run}_after"
+  done
+done
 
 "$PY" benchmarks/perf_analyzer_compare.py compare "$OUT" | tee "$OUT/compare.md"

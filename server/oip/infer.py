@@ -5,7 +5,9 @@ Each image becomes a detserve.v1 `DetectRequest` run by `DetectCore.detect`, the
 takes: the same admission, pixel budget, decode pool, dynamic batcher, deadlines and error
 mapping, so the B images of one call are B items of the model's batcher (batched with each
 other and with every other caller's). A failed image fails the call with its status, the message
-naming its index; the call's other images are cancelled.
+naming its index; the call's other images are cancelled. A call refused before its images
+reach that path (a bad tensor, parameter or model) is recorded by `record_refusal`, so every
+outcome still counts once in the metrics, the log and ModelStatistics.
 """
 
 from __future__ import annotations
@@ -19,10 +21,21 @@ import grpc
 
 from detserve.protos import detection_pb2 as pb
 from detserve.server.catalog import Catalog, ModelView
-from detserve.server.detect import DetectCore, decode_params
+from detserve.server.detect import DetectCore, RequestRecord, decode_params
 from detserve.server.errors import RequestError, invalid, to_request_error
 from detserve.server.oip.outputs import OutputTensor, build_outputs, requested
 from detserve.server.oip.tensors import InferOptions
+
+
+class ImageFailed(RequestError):
+    """An image of the call failed in the request path, which recorded it."""
+
+
+def record_refusal(core: DetectCore, exc: RequestError, request_id: str, model: str,
+                   peer: str) -> None:
+    """Count and log a call refused before its images reached the request path."""
+    if not isinstance(exc, ImageFailed):
+        core.observer(RequestRecord(request_id, 0, model, exc.code, exc.message, peer=peer))
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,7 @@ async def _run_all(core: DetectCore, requests: Sequence[pb.DetectRequest],
         if not task.cancelled() and task.exception() is not None:
             error = to_request_error(task.exception())  # type: ignore[arg-type]
             where = f"IMAGE[{index}]" if len(tasks) > 1 else "IMAGE"
-            raise RequestError(error.code, f"{where}: {error.message}")
+            raise ImageFailed(error.code, f"{where}: {error.message}")
     return [task.result() for task in tasks]
 
 

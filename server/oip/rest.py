@@ -29,7 +29,7 @@ from detserve.server.admission import Rejected
 from detserve.server.config import ServerConfig
 from detserve.server.errors import RequestError
 from detserve.server.oip import describe
-from detserve.server.oip.infer import InferCall, deadline_of, infer, resolve
+from detserve.server.oip.infer import InferCall, deadline_of, infer, record_refusal, resolve
 from detserve.server.oip.rest_tensors import HEADER_LENGTH, encode_response, parse_request
 from detserve.server.oip.service import OipParts
 from detserve.server.oip.tensors import binary_output, images_of, marks_final, options_of
@@ -164,16 +164,23 @@ class RestRoutes:
             describe.model_statistics(n, m, stats.of(m.key)) for n, m in pairs]))
 
     async def infer(self, request: web.Request) -> web.Response:
-        name, model, grant = self._model(request)
-        self.parts.guard.take(grant, _peer(request), model)
-        body = parse_request(await request.read(), request.headers.get(HEADER_LENGTH))
-        options = options_of(body.parameters)
-        images = images_of(body.inputs, model.config.batching.max_batch_size)
-        names = [n for n, _ in body.outputs]
-        call = InferCall(model, body.request_id, images, options, names)
-        tensors = await infer(self.parts.core, call, deadline_of(None, options),
-                              _peer(request))
-        every = binary_output(body.parameters, default=False)
+        label, request_id = request.match_info["name"], ""
+        try:
+            name, model, grant = self._model(request)
+            label = model.key
+            self.parts.guard.take(grant, _peer(request), model)
+            body = parse_request(await request.read(), request.headers.get(HEADER_LENGTH))
+            request_id = body.request_id
+            options = options_of(body.parameters)
+            images = images_of(body.inputs, model.config.batching.max_batch_size)
+            names = [n for n, _ in body.outputs]
+            every = binary_output(body.parameters, default=False)
+            call = InferCall(model, body.request_id, images, options, names)
+            tensors = await infer(self.parts.core, call, deadline_of(None, options),
+                                  _peer(request))
+        except RequestError as exc:
+            record_refusal(self.parts.core, exc, request_id, label, _peer(request))
+            raise
         asked = dict(body.outputs)
         binary = {t.name: every if asked.get(t.name) is None else bool(asked[t.name])
                   for t in tensors}

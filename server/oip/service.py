@@ -27,7 +27,7 @@ from detserve.server.errors import RequestError, invalid
 from detserve.server.oip import describe
 from detserve.server.oip.grpc_tensors import infer_response, parameters_of, tensors_of
 from detserve.server.oip.guard import OipGuard
-from detserve.server.oip.infer import InferCall, deadline_of, infer, resolve
+from detserve.server.oip.infer import InferCall, deadline_of, infer, record_refusal, resolve
 from detserve.server.oip.statistics import Statistics
 from detserve.server.oip.tensors import binary_output, images_of, marks_final, options_of
 from detserve.server.oip.wire import Unparsed
@@ -134,17 +134,24 @@ class InferenceService(ip_grpc.GRPCInferenceServiceServicer):
                      deadline: float | None) -> ip.ModelInferResponse:
         """One inference; RequestError with the caller's status."""
         parts = self.parts
-        grant = self._grant(context)
-        model = resolve(parts.catalog, request.model_name, request.model_version)
-        parts.guard.check_scope(grant, model, request.model_name)
-        parts.guard.take(grant, context.peer(), model)
-        params = parameters_of(request.parameters, "request")
-        options = options_of(params)
-        images = images_of(tensors_of(request), model.config.batching.max_batch_size)
-        outputs = [o.name for o in request.outputs]
-        call = InferCall(model, request.id, images, options, outputs)
-        tensors = await infer(parts.core, call, deadline_of(deadline, options), context.peer())
-        raw = binary_output(params, default=True) and not _typed_outputs(request)
+        label = request.model_name
+        try:
+            grant = self._grant(context)
+            model = resolve(parts.catalog, request.model_name, request.model_version)
+            label = model.key
+            parts.guard.check_scope(grant, model, request.model_name)
+            parts.guard.take(grant, context.peer(), model)
+            params = parameters_of(request.parameters, "request")
+            options = options_of(params)
+            images = images_of(tensors_of(request), model.config.batching.max_batch_size)
+            outputs = [o.name for o in request.outputs]
+            raw = binary_output(params, default=True) and not _typed_outputs(request)
+            call = InferCall(model, request.id, images, options, outputs)
+            tensors = await infer(parts.core, call, deadline_of(deadline, options),
+                                  context.peer())
+        except RequestError as exc:
+            record_refusal(parts.core, exc, request.id, label, context.peer())
+            raise
         response = infer_response(request, model, tensors, raw)
         if marks_final(params):
             response.parameters["triton_final_response"].bool_param = True

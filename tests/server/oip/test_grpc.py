@@ -222,7 +222,11 @@ async def test_statistics_count_what_was_answered(oip: Oip) -> None:
     tensor = grpcclient.InferInput("IMAGE", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([b"junk"], dtype=np.object_))
     with pytest.raises(InferenceServerException):
-        await oip.grpc.infer("blocks", [tensor])
+        await oip.grpc.infer("blocks", [tensor])  # fails in the request path
+    fp32 = grpcclient.InferInput("IMAGE", [1, 3], "FP32")
+    fp32.set_data_from_numpy(np.zeros((1, 3), np.float32))
+    with pytest.raises(InferenceServerException):
+        await oip.grpc.infer("blocks", [fp32])  # refused before it: counted all the same
     after = stats(await oip.grpc.get_inference_statistics("blocks", as_json=True))
     assert after["name"] == "blocks" and after["version"] == "1"
     count = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
@@ -231,7 +235,10 @@ async def test_statistics_count_what_was_answered(oip: Oip) -> None:
     for part in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
         assert int(s1[part]["count"]) - int(s0.get(part, {}).get("count", 0)) == 3, part
         assert int(s1[part]["ns"]) > int(s0.get(part, {}).get("ns", 0)), part
-    assert int(s1["fail"]["count"]) - int(s0.get("fail", {}).get("count", 0)) == 1
+    assert int(s1["fail"]["count"]) - int(s0.get("fail", {}).get("count", 0)) == 2
+    metrics = oip.run.server.observer.metrics.registry
+    assert metrics.get_sample_value("detserve_requests_total", {
+        "model": "blocks@64", "code": "INVALID_ARGUMENT"}) == 2
     assert int(after["execution_count"]) > int(before.get("execution_count", 0))
     assert int(after["last_inference"]) > 0
     everything = await oip.grpc.get_inference_statistics(as_json=True)
