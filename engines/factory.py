@@ -29,6 +29,13 @@ def create_engine(
     """A new engine of `kind` for `package`; `options` are the constructor's keyword arguments."""
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine kind {kind!r}; known kinds: {sorted(ENGINE_KINDS)}")
+    if package.manifest.output_format == "torchvision" and kind != "onnxruntime":
+        # Only OrtEngine runs a one-image graph image by image; the others would feed it a
+        # whole (or zero-padded) batch and read image 0's detections as the batch's.
+        raise ValueError(
+            f"model package {str(package.root)!r} has output.format 'torchvision' (a one-image "
+            f"graph), which runs on engine 'onnxruntime' only, not {kind!r}"
+        )
     module_name, class_name = ENGINE_KINDS[kind]
     try:
         module = importlib.import_module(module_name)

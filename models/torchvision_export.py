@@ -8,10 +8,11 @@ torch 2.14.1 + torchvision 0.29.1), never in the test install:
 
 Weights are random: no pretrained weights can be fetched here, so the packages measure size,
 speed and export fidelity, not accuracy. torchvision's own initialisation (`weights=None,
-weights_backbone=None`) gives a detector whose every score is exactly 1/(classes + 1) whatever
-the image (measured: 1/7 on all 300 SSDlite detections of three different inputs), which makes
-a parity check vacuous; `lively` therefore redraws every convolution He-normal (seeded), so
-scores and boxes depend on the input.
+weights_backbone=None`) gives an SSDlite whose every score is exactly 1/(classes + 1) whatever
+the image (measured: 1/7 on all 300 detections of three different inputs), which makes a parity
+check vacuous; `lively` therefore redraws its convolutions He-normal (seeded), so scores and
+boxes depend on the input. Faster R-CNN keeps torchvision's initialisation: it already answers
+differently per input, while redrawing it left some inputs with no detection at all.
 
 torchvision's detectors return a list of dicts, one per image, and their key order differs
 (SSD: boxes, scores, labels; R-CNN: boxes, labels, scores), so flattening the dicts as they come
@@ -54,6 +55,7 @@ class Arch:
     score_floor: float  # the graph's own score threshold (torchvision's default)
     iou: float  # the graph's NMS IoU (torchvision's default)
     max_detections: int  # the graph's detections_per_img (torchvision's default)
+    redraw: bool  # torchvision's initialisation is input-independent: redraw it (`lively`)
 
 
 def _ssdlite(num_classes: int, size: int) -> nn.Module:
@@ -76,8 +78,8 @@ def _faster_rcnn(num_classes: int, size: int) -> nn.Module:
 
 
 ARCHS = {
-    "ssdlite320_mobilenet_v3_large": Arch(_ssdlite, (320,), 0.001, 0.55, 300),
-    "fasterrcnn_resnet50_fpn": Arch(_faster_rcnn, (320, 640, 1280), 0.05, 0.5, 100),
+    "ssdlite320_mobilenet_v3_large": Arch(_ssdlite, (320,), 0.001, 0.55, 300, redraw=True),
+    "fasterrcnn_resnet50_fpn": Arch(_faster_rcnn, (320, 640, 1280), 0.05, 0.5, 100, redraw=False),
 }
 
 
@@ -111,7 +113,8 @@ def lively(model: nn.Module, seed: int = SEED) -> None:
 def build(arch: str, size: int) -> PerImageOutputs:
     torch.manual_seed(SEED)
     model = ARCHS[arch].build(len(CLASSES) + 1, size)
-    lively(model)
+    if ARCHS[arch].redraw:
+        lively(model)
     return PerImageOutputs(model).eval()
 
 
@@ -249,8 +252,9 @@ def run(arch: str, size: int, out_dir: Path) -> dict[str, Any]:
     facts["export_s"] = round(time.perf_counter() - t0, 1)
     session = _session(out_dir / MODEL_FILE)
     facts.update({
-        "weights": f"random: weights=None, weights_backbone=None, then convolutions redrawn "
-                   f"He-normal with seed {SEED} (models/torchvision_export.py lively)",
+        "weights": f"random: weights=None, weights_backbone=None, torch.manual_seed({SEED})"
+                   + (", convolutions redrawn He-normal (models/torchvision_export.py lively)"
+                      if ARCHS[arch].redraw else ", torchvision's initialisation"),
         "num_classes_with_background": len(CLASSES) + 1,
         "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -14,6 +14,7 @@ import pytest
 
 from detserve.engines.base import DecodeParams, Letterbox
 from detserve.engines.decode import decode_batch
+from detserve.engines.factory import create_engine
 from detserve.engines.manifest import (
     Manifest,
     ManifestError,
@@ -135,3 +136,10 @@ def test_ort_engine_refuses_a_graph_traced_at_batch_two(tmp_path: Path) -> None:
     package = load_package(write_package(tmp_path / "pkg", outputs_per_image=2))
     with pytest.raises(ManifestError, match=r"graph has 6 outputs.*export it with a batch-1"):
         OrtEngine(package)
+
+
+def test_other_engine_kinds_are_refused_for_a_one_image_graph(tmp_path: Path) -> None:
+    package = load_package(write_package(tmp_path / "pkg"))
+    with pytest.raises(ValueError, match="runs on engine 'onnxruntime' only, not 'openvino'"):
+        create_engine(package, "openvino")
+    assert create_engine(package, "onnxruntime").kind == "onnxruntime"
