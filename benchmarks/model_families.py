@@ -152,6 +152,23 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _resolution_table(rows: list[dict[str, Any]]) -> str:
+    """The default model's rows against its 320 row: compute and measured latency ratios."""
+    own = [r for r in rows if r["model"].startswith("default")]
+    if not own:
+        return ""
+    base = own[0]
+    head = (f"| input | GFLOPs | × {base['input']} | ms/img b1 | × {base['input']} | ms/img b8 | "
+            f"× {base['input']} |\n|---|---|---|---|---|---|---|\n")
+    lines = [
+        f"| {r['input']} | {r['gflops']:.2f} | {r['gflops'] / base['gflops']:.2f} | "
+        f"{r['ms_per_image_b1']:.1f} | {r['ms_per_image_b1'] / base['ms_per_image_b1']:.2f} | "
+        f"{r['ms_per_image_b8']:.1f} | {r['ms_per_image_b8'] / base['ms_per_image_b8']:.2f} |"
+        for r in own if "ms_per_image_b8" in r and "ms_per_image_b8" in base
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--torchvision", nargs="*", type=Path, default=[],
@@ -175,19 +192,27 @@ def main() -> int:
         # One-image graphs run image by image, so batch 8 costs 8 batch-1 runs: batch 1 only.
         rows.append({**facts, **_measure(root, [1]), "served": detect_once(root)})
         print(json.dumps(rows[-1]), flush=True)
-    doc = {
+    load_end = os.getloadavg()
+    doc: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
                    f"({_cpu_model()}), ONNX Runtime CPU FP32, {THREADS} intra-op threads",
         "command": " ".join(sys.argv), "started_unix": int(started),
         "wall_s": round(time.time() - started, 1),
-        "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "rows": rows,
+        "loadavg_start": load_start, "loadavg_end": load_end, "rows": rows,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "report.md").write_text(
-        f"# Model families on {doc['machine']}\n\n`{doc['command']}`\n\n{_table(rows)}"
+    served = "".join(
+        f"- {r['model']}: served as {r['served']['served_as']} ({r['served']['output_format']}, "
+        f"NMS {r['served']['nms']}), one Detect: {r['served']['detections']} detections\n"
+        for r in rows if "served" in r
     )
-    print(_table(rows))
+    report = (f"# Model families\n\nMachine: {doc['machine']}; load average "
+              f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end.\n\n"
+              f"`{doc['command']}`\n\n{_table(rows)}\n## Resolution (the default model's "
+              f"weights)\n\n{_resolution_table(rows)}\n## Served\n\n{served}")
+    (args.out / "report.md").write_text(report)
+    print(report)
     return 0
 
 
