@@ -21,7 +21,6 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from detserve.protos import detection_pb2 as pb
-from detserve.protos import detection_pb2_grpc as pb_grpc
 from detserve.server.admission import PixelBudget
 from detserve.server.catalog import Catalog
 from detserve.server.config import ServerConfig
@@ -40,10 +39,14 @@ from detserve.server.service import DetectorService
 from detserve.server.stream_slots import StreamSlots
 from detserve.server.streams import StreamSettings
 from detserve.server.threadnames import naming_engines
+from detserve.server.wire import add_detector_service
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Detector"].full_name
 # After the last detection call ends: time for replies to flush before other calls are cut.
 FINAL_GRACE_S = 1.0
+# Then no call may have arrived for this long: calls gRPC accepted before the drain but this
+# process had not picked up yet get their UNAVAILABLE, not the CANCELLED of gRPC's stop.
+QUIET_S = 0.05
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -77,12 +80,23 @@ class Server:
         self._stop_backend = stop_backend
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._marking: set[asyncio.Future[None]] = set()  # health updates under way
+        self._drain_ends: float | None = None  # time.monotonic() the drain's grace ends
         self.security = EdgeSecurity()  # what start_grpc applied: TLS, tokens, rate limits
         self.oip: OipFrontEnd | None = None  # the Open Inference Protocol (server/oip)
 
     @property
     def metrics_port(self) -> int | None:
         return self.observer.metrics_port
+
+    def out_of_service(self, model: str, error: BaseException) -> None:
+        """A model's batcher died (registry on_fault): health says NOT_SERVING, so probes and
+        load balancers stop sending here; the model's requests get UNAVAILABLE."""
+        for name in ("", SERVICE_NAME):
+            task = asyncio.ensure_future(
+                self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
+            self._marking.add(task)
+            task.add_done_callback(self._marking.discard)
 
     async def stop(self, grace_s: float | None = 5.0) -> None:
         """Drain and stop: refuse new calls, answer the ones in flight, stop the batchers."""
@@ -96,9 +110,13 @@ class Server:
             # Wait for detection work only: health Watch streams would hold a plain grpc stop
             # for the whole grace period.
             started = time.monotonic()
-            await self.service.wait_idle(grace_s)
+            self._drain_ends = None if grace_s is None else started + grace_s
+            if not await self.service.wait_idle(grace_s):
+                self.service.calls.cut(f"server is shutting down: the call was not answered "
+                                       f"within the drain's {grace_s:g} s")
             if self.oip is not None:
                 await self.oip.stop()  # REST requests in flight finish first
+            await self.service.calls.wait_quiet(QUIET_S, FINAL_GRACE_S)
             left = None if grace_s is None else max(grace_s - (time.monotonic() - started), 0.0)
             await self.grpc_server.stop(FINAL_GRACE_S if left is None else min(left, FINAL_GRACE_S))
             await self._stop_backend(True)
@@ -109,6 +127,13 @@ class Server:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    def backend_bound_s(self) -> float | None:
+        """How long the batchers may drain: the rest of the grace, at least FINAL_GRACE_S for
+        the batches in the engines (None: no bound)."""
+        if self._drain_ends is None:
+            return None
+        return max(self._drain_ends - time.monotonic(), FINAL_GRACE_S)
 
 
 async def start_server(
@@ -145,8 +170,16 @@ async def _start(
         observer.request(rec, registry)
 
     lane = LocalLane(registry, PixelBudget(config.max_pixels_in_flight))
-    return await start_grpc(config, registry, lane, record, observer, on_stream_drop,
-                            registry.stop, security=security)
+    started: list[Server] = []
+
+    def stop_models(drain: bool) -> Awaitable[None]:
+        return registry.stop(drain, started[0].backend_bound_s() if started else None)
+
+    running = await start_grpc(config, registry, lane, record, observer, on_stream_drop,
+                               stop_models, security=security)
+    started.append(running)
+    registry.on_fault(running.out_of_service)
+    return running
 
 
 async def start_grpc(
@@ -197,7 +230,7 @@ async def start_grpc(
     streams = StreamSettings(config.stream_policy, config.stream_max_in_flight, dropped,
                              slots=StreamSlots(config.stream_max_frames_held))
     service = DetectorService(catalog, core, streams)
-    pb_grpc.add_DetectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    add_detector_service(service, server)  # wire.py: bytes that do not parse are refused
     oip = OipFrontEnd.build(config, catalog, core, statistics, service, security, observer)
     oip.add_to(server)
     health = HealthServicer()

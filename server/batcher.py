@@ -20,6 +20,11 @@ Rules (DESIGN.md "Batching semantics"):
   server is refusing requests), the members that answer the most in time per engine second.
 - `instances` worker threads: batch N+1 forms while batch N runs.
 - Each batch sits in one exception boundary: no future is ever left without an answer.
+- A worker that dies anyway (a bug outside that boundary) fails what is queued, takes the
+  batcher out of service (`fault`; submits then raise BatcherFailedError) and tells `on_fault`,
+  so the server can report NOT_SERVING instead of answering UNAVAILABLE behind a SERVING health.
+- `stop(drain=True, timeout_s=...)` is bounded: past it the rest is failed and an engine run
+  still in progress is abandoned to its thread, so a hung engine cannot hang a shutdown.
 """
 
 from __future__ import annotations
@@ -30,18 +35,18 @@ import contextlib
 import itertools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from detserve.server.batch_choice import choose_members
 from detserve.server.batching_config import BatchingConfig
+from detserve.server.daemon_pool import DaemonThreadPool
 from detserve.server.threadnames import BATCH, name_os_thread
 
 _CHOICE_WINDOW = 4  # batches' worth of the queue head that the deadline-aware choice looks at
 
-__all__ = ["BatchOutcome", "Batcher", "BatcherClosedError", "BatchingConfig",
-           "DeadlineExpiredError", "QueueFullError"]
+__all__ = ["BatchOutcome", "Batcher", "BatcherClosedError", "BatcherFailedError",
+           "BatchingConfig", "DeadlineExpiredError", "QueueFullError"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,6 +62,10 @@ class DeadlineExpiredError(Exception):
 
 class BatcherClosedError(RuntimeError):
     """The batcher is stopping or stopped and takes no new requests; maps to UNAVAILABLE."""
+
+
+class BatcherFailedError(BatcherClosedError):
+    """A worker of the batcher died on an internal error: out of service; UNAVAILABLE."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class Batcher(Generic[T, R]):
         coming: Callable[[], int] | None = None,
         batch_time_s: Callable[[int], float] | None = None,
         shedding: Callable[[], bool] | None = None,
+        on_fault: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.config = config
@@ -116,11 +126,14 @@ class Batcher(Generic[T, R]):
         self._coming = coming
         self._batch_time_s = batch_time_s
         self._shedding = shedding
+        self.on_fault = on_fault
+        # The error a worker died of; set once, the batcher is then out of service.
+        self.fault: BaseException | None = None
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._form_lock = asyncio.Lock()
         self._workers: list[asyncio.Task[None]] = []
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
         self._started = False
         self._closing = False
         self._draining = False
@@ -131,10 +144,8 @@ class Batcher(Generic[T, R]):
         if self._started:
             raise RuntimeError(f"batcher {self.name!r} is already started")
         self._started = True
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.config.instances, thread_name_prefix=f"batcher-{self.name}",
-            initializer=name_os_thread, initargs=(BATCH,),
-        )
+        self._executor = DaemonThreadPool(self.config.instances, f"batcher-{self.name}",
+                                          initializer=name_os_thread, initargs=(BATCH,))
         self._workers = [
             asyncio.create_task(self._worker(), name=f"batcher-{self.name}-{i}")
             for i in range(self.config.instances)
@@ -156,6 +167,10 @@ class Batcher(Generic[T, R]):
         """
         if not self._started:
             raise RuntimeError(f"batcher {self.name!r} is not started; await start() first")
+        if self.fault is not None:
+            raise BatcherFailedError(
+                f"model {self.name!r} is out of service: its batcher stopped on an internal "
+                f"error (health reports NOT_SERVING)")
         if self._closing:
             raise BatcherClosedError(f"batcher {self.name!r} is shutting down")
         if len(self._queue) >= self.queue_limit:
@@ -179,24 +194,38 @@ class Batcher(Generic[T, R]):
             self._drop(pending)
             raise
 
-    async def stop(self, drain: bool = True) -> None:
-        """Refuse new submits; with `drain`, run the queued items first, else fail them."""
+    async def stop(self, drain: bool = True, timeout_s: float | None = None) -> bool:
+        """Refuse new submits; with `drain`, run the queued items first, else fail them.
+        `timeout_s`: past it, what is still queued fails, the workers are cancelled (their
+        batches fail with BatcherClosedError) and a batch still in an engine is left to its
+        thread. True when everything finished in time."""
         self._closing = True
         if drain:
             self._draining = True
         else:
-            while self._queue:
-                pending = self._queue.popleft()
-                self._settle_error(
-                    pending,
-                    BatcherClosedError(f"batcher {self.name!r} stopped before the request ran"),
-                )
+            self._fail_queued()
         self._wakeup.set()
+        finished = True
         if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
+            _, running = await asyncio.wait(self._workers, timeout=timeout_s)
+            if running:
+                finished = False
+                self._fail_queued()
+                for task in running:
+                    task.cancel()
+                await asyncio.wait(running)
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            # An engine run that outlived the bound is abandoned, not waited for.
+            self._executor.shutdown(wait=finished, cancel_futures=not finished)
             self._executor = None
+        return finished
+
+    def _fail_queued(self) -> None:
+        while self._queue:
+            self._settle_error(
+                self._queue.popleft(),
+                BatcherClosedError(f"batcher {self.name!r} stopped before the request ran"),
+            )
 
     # -- queue bookkeeping -------------------------------------------------------------------
 
@@ -348,11 +377,15 @@ class Batcher(Generic[T, R]):
                 if batch:
                     await self._run(batch)
         except Exception as exc:
-            # A bug here must not leave callers waiting forever on a queue nobody serves.
+            # A bug here must not leave callers waiting forever on a queue nobody serves, nor
+            # the model look healthy while it answers nothing.
             self._closing = True
+            first = self.fault is None
+            self.fault = self.fault or exc
             while self._queue:
                 self._settle_error(self._queue.popleft(), exc)
-            raise
+            if first and self.on_fault is not None:
+                self.on_fault(exc)
 
     def _timed_run(self, items: list[T]) -> _RunResult[R]:
         start = time.perf_counter()

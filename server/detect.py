@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,15 +33,29 @@ from detserve.protos import detection_pb2 as pb
 from detserve.server.admission import Rejected
 from detserve.server.catalog import Catalog, ModelView
 from detserve.server.decode_pool import DecodeOutcome, DecodePool
-from detserve.server.errors import RequestError, invalid, to_request_error
+from detserve.server.errors import (
+    RequestError,
+    clip,
+    fault_detail,
+    for_caller,
+    invalid,
+    to_request_error,
+)
 from detserve.server.lanes import Lane, Ticket
+from detserve.server.logs import get_logger
 from detserve.server.registry import ItemResult
+from detserve.server.wire import Incoming, Unparsable
 
 PIXEL_FORMAT_NAMES = {
     pb.PIXEL_FORMAT_RGB8: "RGB8",
     pb.PIXEL_FORMAT_BGR8: "BGR8",
     pb.PIXEL_FORMAT_GRAY8: "GRAY8",
 }
+# Bounds of the request's strings: far above any real name or id, far below what would make a
+# reply or a log line unwieldy (a 16 KB name echoed in an error exceeds gRPC's metadata limit).
+MODEL_MAX_CHARS = 256
+REQUEST_ID_MAX_CHARS = 1024
+_LISTED_IDS = 10  # bad class ids named in an error, at most
 
 
 @dataclass
@@ -116,9 +131,10 @@ def decode_params(request: pb.DetectRequest, model: ModelView) -> DecodeParams:
         nc = model.manifest.num_classes
         bad = sorted({c for c in request.class_ids if c >= nc})
         if bad:
+            more = f" and {len(bad) - _LISTED_IDS} more" if len(bad) > _LISTED_IDS else ""
             raise invalid(
-                f"class_ids {bad} out of range: model {model.key} has {nc} classes "
-                f"(ids 0..{nc - 1})"
+                f"class_ids {bad[:_LISTED_IDS]}{more} out of range: model {model.key} has "
+                f"{nc} classes (ids 0..{nc - 1})"
             )
         classes = frozenset(int(c) for c in request.class_ids)
     return DecodeParams(score, iou, top, classes)
@@ -127,11 +143,35 @@ def decode_params(request: pb.DetectRequest, model: ModelView) -> DecodeParams:
 def _raw_format(raw: pb.RawFrame) -> str:
     fmt = PIXEL_FORMAT_NAMES.get(raw.pixel_format)
     if fmt is None:
-        raise invalid(
-            f"raw frame pixel_format {pb.PixelFormat.Name(raw.pixel_format)} is not "
-            f"supported; use one of {sorted(PIXEL_FORMAT_NAMES.values())}"
-        )
+        # proto3 enums are open: a value this schema does not define arrives as a bare number.
+        value = raw.pixel_format
+        known = value in pb.PixelFormat.values()
+        name = pb.PixelFormat.Name(value) if known else f"{value} (not a PixelFormat value)"
+        allowed = ", ".join(f"PIXEL_FORMAT_{n} ({pb.PixelFormat.Value('PIXEL_FORMAT_' + n)})"
+                            for n in sorted(PIXEL_FORMAT_NAMES.values()))
+        raise invalid(f"raw frame pixel_format {name} is not supported; use one of {allowed}")
     return fmt
+
+
+def check_model_name(model: str) -> str:
+    """`model` if its length is within MODEL_MAX_CHARS, else INVALID_ARGUMENT."""
+    if len(model) > MODEL_MAX_CHARS:
+        raise invalid(f"model is {len(model)} characters, above the limit of {MODEL_MAX_CHARS}: "
+                      f"{clip(model)!r}")
+    return model
+
+
+def check_strings(request: pb.DetectRequest) -> None:
+    """Every string field of the request within its bound, else INVALID_ARGUMENT."""
+    check_model_name(request.model)
+    if len(request.request_id) > REQUEST_ID_MAX_CHARS:
+        raise invalid(f"request_id is {len(request.request_id)} characters, above the limit of "
+                      f"{REQUEST_ID_MAX_CHARS}: {clip(request.request_id)!r}")
+
+
+def new_request_id() -> str:
+    """The id of a request whose caller gave none: what its log line and an INTERNAL name."""
+    return f"srv-{secrets.token_hex(8)}"
 
 
 def image_size(image: pb.Image, max_pixels: int) -> tuple[int, int]:
@@ -202,14 +242,16 @@ class DetectCore:
         self.reduced_decode = reduced_decode
 
     async def detect(
-        self, request: pb.DetectRequest, deadline: float | None, stream: bool = False,
+        self, request: Incoming, deadline: float | None, stream: bool = False,
         peer: str = "", held: bool = False, camera: str = "",
     ) -> pb.DetectResponse:
         """Run one request; raises RequestError. `deadline` is in time.monotonic() seconds.
         `held`: a stream frame already holding a shared stream slot (waits, never refused).
         `camera`: the camera it comes from (server/cameras.py), for the drift alerts."""
         arrived = time.perf_counter()
-        record = RequestRecord(request.request_id, request.frame_id, request.model,
+        request_id = (clip(request.request_id, REQUEST_ID_MAX_CHARS) if request.request_id
+                      else new_request_id())
+        record = RequestRecord(request_id, request.frame_id, clip(request.model, MODEL_MAX_CHARS),
                                grpc.StatusCode.OK, stream=stream, peer=peer, camera=camera)
         try:
             response = await self._run(request, deadline, record, held)
@@ -217,21 +259,35 @@ class DetectCore:
             record.code, record.message = grpc.StatusCode.CANCELLED, "cancelled by the caller"
             raise
         except Exception as exc:
-            error = to_request_error(exc)
+            error = for_caller(to_request_error(exc), request_id)
             record.code, record.message = error.code, error.message
+            if error.detail:
+                record.message = f"{error.message}: {error.detail}"
             if isinstance(exc, Rejected):
                 record.reject_reason = exc.reason
             raise error from exc
         finally:
             record.total_ms = (time.perf_counter() - arrived) * 1e3
-            self.observer(record)
+            self._observe(record)
         response.timing.total_ms = (time.perf_counter() - arrived) * 1e3
         return response
 
+    def _observe(self, record: RequestRecord) -> None:
+        """Report the request; an observer that fails (a metrics or alert bug) is logged and
+        never replaces the request's own outcome, nor ends the stream it came on."""
+        try:
+            self.observer(record)
+        except Exception as exc:
+            get_logger("detserve.server.detect").error(
+                "observer_failed", request_id=record.request_id, error=fault_detail(exc))
+
     async def _run(
-        self, request: pb.DetectRequest, deadline: float | None, record: RequestRecord,
+        self, request: Incoming, deadline: float | None, record: RequestRecord,
         held: bool,
     ) -> pb.DetectResponse:
+        if isinstance(request, Unparsable):
+            raise request.refusal()
+        check_strings(request)
         model = self.catalog.resolve(request.model)
         record.model, record.model_version = model.key, model.manifest.version
         record.nms = model.manifest.nms

@@ -2,24 +2,62 @@
 
 `configure_logging` sets structlog up once per process; `log_request` writes the request line
 from a `RequestRecord`, so every line has the same keys in the same order whatever the outcome.
+
+Lines are rendered where they are logged and written by a thread (line_writer.py): a stderr that
+is slow or blocked (a full pipe nobody reads) holds that thread, never the event loop. Every
+string field is clipped to MAX_FIELD_CHARS, so a 1 MB request id cannot make a 2 MB line.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
 
+from detserve.server.line_writer import LineSink, sink_for
+from detserve.server.text import clip
+
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Server faults are errors; a client's bad input or a full queue is worth a warning, not a page.
 _ERROR_CODES = frozenset({"INTERNAL", "UNKNOWN", "DATA_LOSS", "UNIMPLEMENTED"})
+MAX_FIELD_CHARS = 2048  # of any one string value in a log line
+_sink: LineSink | None = None  # where this process's lines go now
+
+
+def bound_fields(logger: Any, method: str, event: MutableMapping[str, Any]
+                 ) -> MutableMapping[str, Any]:
+    """structlog processor: string values clipped to MAX_FIELD_CHARS."""
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+            event[key] = clip(value, MAX_FIELD_CHARS)
+    return event
+
+
+class _LineLogger:
+    """structlog's final logger: hands each rendered line to the sink, whatever the level."""
+
+    def __init__(self, sink: LineSink) -> None:
+        self._sink = sink
+
+    def msg(self, message: str) -> None:
+        self._sink.write_line(message)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def flush_logs(timeout_s: float = 2.0) -> bool:
+    """Wait until the lines logged so far are written (False: the stream stayed blocked)."""
+    return _sink.flush(timeout_s) if _sink is not None else True
 
 
 def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -> None:
-    """Route structlog to `stream` (stderr by default) as JSON lines at `level` and above."""
+    """Route structlog to `stream` (stderr by default) as JSON lines at `level` and above;
+    through a writer thread unless `stream` is in memory (it cannot block)."""
+    global _sink
     if isinstance(level, str):
         name = level.upper()
         if name not in LEVELS:
@@ -29,18 +67,20 @@ def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -
         numeric = level
     else:
         raise ValueError(f"log level must be a level name or number, got {level!r}")
+    if _sink is not None:
+        _sink.close()
+    sink = _sink = sink_for(stream if stream is not None else sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            bound_fields,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(
-            file=stream if stream is not None else sys.stderr
-        ),
+        logger_factory=lambda *_: _LineLogger(sink),
         # Not cached: tests and embedding servers reconfigure the stream at runtime.
         cache_logger_on_first_use=False,
     )

@@ -9,6 +9,7 @@ failure raises, so the batcher fails that batch (INTERNAL) and lives on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import queue
@@ -38,7 +39,7 @@ from detserve.server.admission import InServer, ModelAdmission, ServiceTimes
 from detserve.server.batcher import Batcher
 from detserve.server.batching_config import BatchingConfig
 from detserve.server.config import ConfigError, ModelConfig, ServerConfig
-from detserve.server.errors import RequestError
+from detserve.server.errors import RequestError, clip, fault_detail
 from detserve.server.logs import get_logger
 
 EngineFactory = Callable[[ModelPackage, str, Mapping[str, Any]], Engine]
@@ -261,12 +262,33 @@ def _warm(where: str, cfg: ModelConfig, engines: Sequence[Engine]) -> tuple[int,
     return ran
 
 
-class ModelRegistry:
-    """Resolves request model strings to served models and owns their lifecycles."""
+FaultListener = Callable[[str, BaseException], None]
 
-    def __init__(self, models: Sequence[ServedModel]) -> None:
+
+class ModelRegistry:
+    """Resolves request model strings to served models and owns their lifecycles.
+
+    A batcher that goes out of service (a worker died, batcher.py) is logged as
+    `batcher_failed` and reported to the `on_fault` listeners (the server's health)."""
+
+    def __init__(self, models: Sequence[ServedModel], drain_grace_s: float | None = None) -> None:
         self.models = {m.key: m for m in models}
         self.default = next(m for m in models if m.is_default)
+        self.drain_grace_s = drain_grace_s  # what bounds stop(drain=True) by default
+        self._fault_listeners: list[FaultListener] = []
+        for model in models:
+            model.batcher.on_fault = functools.partial(self._faulted, model.key)
+
+    def on_fault(self, listener: FaultListener) -> None:
+        """Call `listener(model key, error)` when a model's batcher goes out of service."""
+        self._fault_listeners.append(listener)
+
+    def _faulted(self, key: str, exc: BaseException) -> None:
+        _log().error("batcher_failed", model=key, error=fault_detail(exc),
+                     message=f"{key} is out of service: a batcher worker died; its requests "
+                     f"get UNAVAILABLE and health reports NOT_SERVING")  # fmt: skip
+        for listener in self._fault_listeners:
+            listener(key, exc)
 
     @classmethod
     async def start(
@@ -297,7 +319,7 @@ class ModelRegistry:
             raise
         if not any(m.is_default for m in served):
             served[0].is_default = True
-        return cls(served)
+        return cls(served, config.drain_grace_s)
 
     def resolve(self, model: str) -> ServedModel:
         """"" -> server default; "name@variant" exactly; "name" -> that name's default variant."""
@@ -310,12 +332,16 @@ class ModelRegistry:
         if found is None:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown model {model!r}; served models: {sorted(self.models)}",
+                f"unknown model {clip(model)!r}; served models: {sorted(self.models)}",
             )
         return found
 
-    async def stop(self, drain: bool = True) -> None:
-        await _stop_all(list(self.models.values()), drain)
+    async def stop(self, drain: bool = True, timeout_s: float | None = None) -> None:
+        """Stop every model's batcher at once, then close its engines. Bounded by `timeout_s`
+        (default: the config's drain_grace_s): past it queued requests fail and an engine run
+        still going is abandoned, so a hung engine cannot hold a shutdown."""
+        bound = self.drain_grace_s if timeout_s is None else timeout_s
+        await _stop_all(list(self.models.values()), drain, bound)
 
 
 def _served(cfg: ModelConfig, engines: list[Engine], server: ServerConfig) -> ServedModel:
@@ -363,9 +389,21 @@ def _log_lowered(model: ServedModel, default_size: int) -> None:
     )  # fmt: skip
 
 
-async def _stop_all(models: Sequence[ServedModel], drain: bool) -> None:
-    for model in models:
-        try:
-            await model.batcher.stop(drain=drain)
-        finally:
-            await asyncio.to_thread(model.pool.close)
+async def _stop_one(model: ServedModel, drain: bool, timeout_s: float | None) -> None:
+    if not await model.batcher.stop(drain=drain, timeout_s=timeout_s):
+        # Its engines may still be running a batch: closing them under it could crash.
+        _log().error("drain_timeout", model=model.key, timeout_s=timeout_s,
+                     message=f"{model.key}: a batch was still in its engine after {timeout_s} s; "
+                     f"abandoned, its requests failed with UNAVAILABLE")  # fmt: skip
+        return
+    await asyncio.to_thread(model.pool.close)
+
+
+async def _stop_all(models: Sequence[ServedModel], drain: bool,
+                    timeout_s: float | None = None) -> None:
+    """Every model at once: one slow model's drain does not add to another's."""
+    results = await asyncio.gather(*(_stop_one(m, drain, timeout_s) for m in models),
+                                   return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

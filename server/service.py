@@ -1,5 +1,8 @@
 """The `detserve.v1.Detector` servicer: Detect, DetectStream (see streams.py), ListModels,
-GetModelInfo. Failures leave through `context.abort` with the status that `errors.py` chose."""
+GetModelInfo. Failures leave through `context.abort` with the status that `errors.py` chose; a
+fault outside the request path (a bug here) leaves as INTERNAL "internal error, request id X",
+its detail in the `rpc_failed` log line, never as gRPC's UNKNOWN with the exception's text.
+Requests arrive parsed by wire.py: bytes that do not parse are refused as INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
@@ -15,11 +18,14 @@ import grpc
 from detserve.protos import detection_pb2 as pb
 from detserve.protos import detection_pb2_grpc as pb_grpc
 from detserve.server.admission import PUSHBACK_KEY, Rejected
+from detserve.server.calls import Calls
 from detserve.server.cameras import camera_id
 from detserve.server.catalog import Catalog, ModelView
-from detserve.server.detect import DetectCore, deadline_from
-from detserve.server.errors import RequestError
+from detserve.server.detect import DetectCore, check_model_name, deadline_from, new_request_id
+from detserve.server.errors import RequestError, fault_detail, internal_error
+from detserve.server.logs import get_logger
 from detserve.server.streams import StreamSettings, run_stream
+from detserve.server.wire import Incoming, Unparsable
 
 Context: TypeAlias = grpc.aio.ServicerContext[pb.DetectRequest, pb.DetectResponse]
 
@@ -77,14 +83,12 @@ class DetectorService(pb_grpc.DetectorServicer):
         self.core = core
         self.streams = streams
         self.draining = False
-        self._active = 0  # Detect calls and streams in progress
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.calls = Calls()  # Detect calls and streams in progress (and the other servicers')
 
     @property
     def active_calls(self) -> int:
         """Detect calls and streams in progress."""
-        return self._active
+        return self.calls.active
 
     def start_drain(self) -> None:
         """Refuse new calls; open streams stop reading and end after their pending frames."""
@@ -94,7 +98,7 @@ class DetectorService(pb_grpc.DetectorServicer):
     async def wait_idle(self, timeout_s: float | None) -> bool:
         """Wait until no call is in progress; False if `timeout_s` passed first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            await asyncio.wait_for(self.calls.idle.wait(), timeout_s)
         except TimeoutError:
             return False
         return True
@@ -107,8 +111,7 @@ class DetectorService(pb_grpc.DetectorServicer):
 
     @contextlib.asynccontextmanager
     async def _admitted(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-        self._active += 1
-        self._idle.clear()
+        self.calls.enter()
         try:
             if self.draining:
                 await context.abort(
@@ -116,11 +119,9 @@ class DetectorService(pb_grpc.DetectorServicer):
                 )
             yield
         finally:
-            self._active -= 1
-            if not self._active:
-                self._idle.set()
+            self.calls.leave()
 
-    async def Detect(self, request: pb.DetectRequest, context: Context) -> pb.DetectResponse:
+    async def Detect(self, request: Incoming, context: Context) -> pb.DetectResponse:
         async with self._admitted(context):
             try:
                 return await self.core.detect(request, deadline_from(context),
@@ -128,25 +129,46 @@ class DetectorService(pb_grpc.DetectorServicer):
             except RequestError as exc:
                 # The status without abort's exception round trip: refusals under overload
                 # are the hot path, and this halves what one costs the event loop.
-                context.set_code(exc.code)
-                context.set_details(exc.message)
-                if isinstance(exc, Rejected) and exc.retry_after_s:
-                    ms = str(math.ceil(exc.retry_after_s * 1e3))
-                    context.set_trailing_metadata(((PUSHBACK_KEY, ms),))
+                _set_status(context, exc)
+                return pb.DetectResponse()
+            except asyncio.CancelledError:
+                reason = self.calls.ended_by_cut()
+                if reason is None:
+                    raise
+                _set_status(context, RequestError(grpc.StatusCode.UNAVAILABLE, reason))
+                return pb.DetectResponse()
+            except Exception as exc:
+                _set_status(context, _fault("Detect", request.request_id, exc))
                 return pb.DetectResponse()
 
     async def DetectStream(
-        self, request_iterator: AsyncIterator[pb.DetectRequest], context: Context
+        self, request_iterator: AsyncIterator[Incoming], context: Context
     ) -> AsyncIterator[pb.DetectResponse]:
         async with self._admitted(context):
-            async for response in run_stream(request_iterator, context, self.core, self.streams):
-                yield response
+            replies = run_stream(request_iterator, context, self.core, self.streams)
+            try:
+                async with contextlib.aclosing(replies):
+                    async for response in replies:
+                        yield response
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                reason = self.calls.ended_by_cut()
+                if reason is None:
+                    raise
+                await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
+            except Exception as exc:
+                error = _fault("DetectStream", "", exc)
+                with contextlib.suppress(grpc.aio.UsageError):  # the call had ended already
+                    await context.abort(error.code, error.message)
 
     async def ListModels(
         self,
-        request: pb.ListModelsRequest,
+        request: pb.ListModelsRequest | Unparsable,
         context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
     ) -> pb.ListModelsResponse:
+        if isinstance(request, Unparsable):
+            await _abort(context, request.refusal())
         return pb.ListModelsResponse(
             models=[model_info(m) for m in self.registry.models.values()],
             default_model=self.registry.default.key,
@@ -154,11 +176,32 @@ class DetectorService(pb_grpc.DetectorServicer):
 
     async def GetModelInfo(
         self,
-        request: pb.GetModelInfoRequest,
+        request: pb.GetModelInfoRequest | Unparsable,
         context: grpc.aio.ServicerContext[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
         try:
-            return model_info(self.registry.resolve(request.model))
+            if isinstance(request, Unparsable):
+                raise request.refusal()
+            return model_info(self.registry.resolve(check_model_name(request.model)))
         except RequestError as exc:
-            await context.abort(exc.code, exc.message)
+            await _abort(context, exc)
             raise
+
+
+def _set_status(context: Context, exc: RequestError) -> None:
+    context.set_code(exc.code)
+    context.set_details(exc.message)
+    if isinstance(exc, Rejected) and exc.retry_after_s:
+        ms = str(math.ceil(exc.retry_after_s * 1e3))
+        context.set_trailing_metadata(((PUSHBACK_KEY, ms),))
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: RequestError) -> None:
+    await context.abort(exc.code, exc.message)
+
+
+def _fault(rpc: str, request_id: str, exc: Exception) -> RequestError:
+    """A fault outside the request path: logged with its detail; the caller gets the id."""
+    rid = request_id[:64] or new_request_id()
+    get_logger().error("rpc_failed", rpc=rpc, request_id=rid, error=fault_detail(exc))
+    return internal_error(rid, fault_detail(exc))

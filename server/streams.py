@@ -19,13 +19,18 @@ A bad frame gets a non-OK `status` in its reply; the stream goes on.
 
 A stream is one camera for the dead-camera alert (server/drift.py): the one its caller names in
 the `detserve-camera-id` metadata, else one of its own ("stream-<n>").
+
+The drain: a stream stops reading, answers the frames it holds and ends. Unless the client had
+half-closed and every frame it sent was answered, it ends UNAVAILABLE, saying how many frames
+the client sent that were not processed (frame_reader.py counts them), so the client knows to
+send those again to another server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -34,8 +39,10 @@ from google.rpc import status_pb2
 from detserve.protos import detection_pb2 as pb
 from detserve.server.cameras import camera_id, stream_camera_id
 from detserve.server.detect import DetectCore, deadline_from
-from detserve.server.errors import RequestError, invalid, status_code_number
+from detserve.server.errors import RequestError, clip, invalid, status_code_number
+from detserve.server.frame_reader import FrameReader
 from detserve.server.stream_slots import StreamSlots
+from detserve.server.wire import Incoming
 
 POLICY_KEY = "detserve-stream-policy"
 POLICIES = ("block", "latest")
@@ -57,31 +64,13 @@ class StreamSettings:
     slots: StreamSlots = field(default_factory=lambda: StreamSlots(256))
 
 
-async def next_frame(
-    requests: AsyncIterator[pb.DetectRequest], stopping: asyncio.Event
-) -> pb.DetectRequest | None:
-    """The next frame, or None at the end of the stream or once the server is draining."""
-    if stopping.is_set():
-        return None
-    read = asyncio.ensure_future(anext(requests, None))
-    stop = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait((read, stop), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
-    if read.done():
-        return read.result()
-    read.cancel()
-    return None
-
-
 def stream_policy(context: grpc.aio.ServicerContext[object, object], default: str) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == POLICY_KEY:
             text = value.decode() if isinstance(value, bytes) else value
             if text not in POLICIES:
                 raise invalid(f"metadata {POLICY_KEY} must be one of {list(POLICIES)}, "
-                              f"got {text!r}")
+                              f"got {clip(text)!r}")
             return text
     return default
 
@@ -93,7 +82,7 @@ class _Caller:
 
 
 async def _answer(
-    core: DetectCore, request: pb.DetectRequest, deadline: float | None, caller: _Caller
+    core: DetectCore, request: Incoming, deadline: float | None, caller: _Caller
 ) -> pb.DetectResponse:
     try:
         response = await core.detect(request, deadline, stream=True, peer=caller.peer,
@@ -109,9 +98,9 @@ async def _answer(
 
 
 async def _block(
-    requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
+    frames: FrameReader, core: DetectCore, deadline: float | None,
     settings: StreamSettings, caller: _Caller,
-) -> AsyncIterator[pb.DetectResponse]:
+) -> AsyncGenerator[pb.DetectResponse, None]:
     max_in_flight = settings.max_in_flight
     slots = asyncio.Semaphore(max_in_flight)
     # Unbounded, but never longer than max_in_flight + 1: the semaphore bounds the reader.
@@ -123,7 +112,11 @@ async def _block(
             while True:
                 await slots.acquire()  # no free slot: stop reading (backpressure)
                 await settings.slots.acquire()
-                request = await next_frame(requests, settings.stopping)
+                try:
+                    request = await frames.next_frame()
+                except BaseException:  # the stream went away while waiting for a frame
+                    settings.slots.release()
+                    raise
                 if request is None:
                     settings.slots.release()
                     return
@@ -156,22 +149,22 @@ async def _block(
 
 @dataclass
 class _Latest:
-    pending: pb.DetectRequest | None = None
+    pending: Incoming | None = None
     dropped: int = 0
     done: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def _latest(
-    requests: AsyncIterator[pb.DetectRequest], core: DetectCore, deadline: float | None,
+    frames: FrameReader, core: DetectCore, deadline: float | None,
     settings: StreamSettings, caller: _Caller,
-) -> AsyncIterator[pb.DetectResponse]:
+) -> AsyncGenerator[pb.DetectResponse, None]:
     state = _Latest()
     failure: list[BaseException] = []
 
     async def reader() -> None:
         try:
-            while (request := await next_frame(requests, settings.stopping)) is not None:
+            while (request := await frames.next_frame()) is not None:
                 if state.pending is not None:
                     state.dropped += 1
                     settings.on_drop(state.pending.model)
@@ -210,12 +203,19 @@ async def _latest(
             await reading
 
 
+def drained_message(unread: int) -> str:
+    frames = "frame" if unread == 1 else "frames"
+    return (f"server is shutting down (draining): this stream was ended after the frames it had "
+            f"read were answered; {unread} {frames} sent after that were not processed "
+            f"(send them again, to another server)")
+
+
 async def run_stream(
-    requests: AsyncIterator[pb.DetectRequest],
+    requests: AsyncIterator[Incoming],
     context: grpc.aio.ServicerContext[pb.DetectRequest, pb.DetectResponse],
     core: DetectCore,
     settings: StreamSettings,
-) -> AsyncIterator[pb.DetectResponse]:
+) -> AsyncGenerator[pb.DetectResponse, None]:
     try:
         policy = stream_policy(context, settings.default_policy)
         caller = _Caller(context.peer(), camera_id(context) or stream_camera_id())
@@ -223,10 +223,18 @@ async def run_stream(
         await context.abort(exc.code, exc.message)
         raise
     deadline = deadline_from(context)
-    replies = (
-        _block(requests, core, deadline, settings, caller)
-        if policy == "block"
-        else _latest(requests, core, deadline, settings, caller)
-    )
-    async for response in replies:
-        yield response
+    frames = FrameReader(requests, settings.stopping)
+    try:
+        replies = (_block if policy == "block" else _latest)(frames, core, deadline, settings,
+                                                              caller)
+        # Closed here, not whenever the garbage collector gets to it: its reader task and the
+        # shared slots it holds are given back when this stream ends.
+        async with contextlib.aclosing(replies):
+            async for response in replies:
+                yield response
+        if frames.stopped:
+            unread = await frames.count_unread()
+            if unread or not frames.ended:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, drained_message(unread))
+    finally:
+        await frames.close()

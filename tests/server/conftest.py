@@ -73,6 +73,7 @@ class GatedEngine:
     entered: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
     batches: list[int] = field(default_factory=list)  # batch sizes run, in order
     fail_next: bool = False
+    fail_with: Exception | None = None  # raised by the next batch instead of running it
     warmed: list[int] = field(default_factory=list)  # batch sizes of the warm-up runs
 
     def warm_up(self, batch_sizes: Sequence[int]) -> tuple[int, ...]:
@@ -96,6 +97,9 @@ class GatedEngine:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("engine failure injected by the test")
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
         return self.inner.infer(batch)
 
     def close(self) -> None:

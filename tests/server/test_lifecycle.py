@@ -153,9 +153,14 @@ async def test_drain_ends_open_streams_after_their_pending_frames(
     stopping = asyncio.create_task(run.server.stop(grace_s=WAIT_S))
     await until(lambda: run.server.service.draining)
     run.engines.first.gate.set()
-    replies = [r async for r in call]  # ends without the client half-closing
+    replies: list[pb.DetectResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # ends without the client half-closing
+        async for reply in call:
+            replies.append(reply)
     assert [(r.frame_id, r.status.code, boxes_of(r)) for r in replies] == [(10, 0, GOOD_BOXES)]
-    assert await call.code() == grpc.StatusCode.OK
+    # The client had not ended the stream: it learns the server cut it, and that it lost none.
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "0 frames sent after that were not processed" in (err.value.details() or "")
     await asyncio.wait_for(stopping, WAIT_S)
 
 
