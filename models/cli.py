@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "detserve.models.cli_eval",
     "detserve.models.cli_precision",
     "detserve.models.cli_report",
+    "detserve.models.cli_torchvision",
 )
 
 

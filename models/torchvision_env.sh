@@ -3,8 +3,9 @@
 # `python -m detserve.models.torchvision_export`. Never part of the test install: torchvision's
 # detection models need its compiled ops, and the PyPI torchvision wheel pairs with the CUDA build
 # of torch (torch 2.14.1 + torchvision 0.29.1, about 5.5 GB with the nvidia-* wheels). It installs
-# from the local package cache and runs on the CPU. The project itself goes in without its deps
-# (`--no-deps`) so the test install's pins never mix with these.
+# from the local package cache and runs on the CPU. The project goes in with its base dependencies
+# only (no extras: torch stays the one installed here), so `.venv-tv/bin/detserve-model
+# export-torchvision` runs; the test install (.venv, torch 2.13 CPU) is never touched.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 env_dir="${1:-$here/.venv-tv}"
@@ -14,10 +15,9 @@ if [ ! -x "$env_dir/bin/python" ]; then
 fi
 pip=("$env_dir/bin/pip" install -q --no-input)
 "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
-# What the export and parity check import besides torch: the ONNX checker and ONNX Runtime,
-# plus the project's own runtime deps the exporter touches (manifest, package writer).
-"${pip[@]}" onnx onnxruntime onnxscript numpy pyyaml
-"${pip[@]}" --no-deps -e "$here"
+# onnxscript: torch.onnx's default (dynamo) exporter imports it before falling back.
+"${pip[@]}" onnxscript
+"${pip[@]}" -e "$here"
 "$env_dir/bin/python" - <<'PY'
 import torch, torchvision
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, cuda build "

@@ -3,8 +3,10 @@
 Runs in the optional environment that `bash models/torchvision_env.sh` makes (`.venv-tv`:
 torch 2.14.1 + torchvision 0.29.1), never in the test install:
 
-    .venv-tv/bin/python -m detserve.models.torchvision_export ssdlite320_mobilenet_v3_large \\
-        --out runs/tv/ssdlite
+    .venv-tv/bin/detserve-model export-torchvision ssdlite320_mobilenet_v3_large \\
+        --out runs/tv/ssdlite_320
+
+(or `.venv-tv/bin/python -m detserve.models.torchvision_export`, the same arguments)
 
 Weights are random: no pretrained weights can be fetched here, so the packages measure size,
 speed and export fidelity, not accuracy. torchvision's own initialisation (`weights=None,

@@ -79,3 +79,21 @@ def test_matched_diff_ignores_row_order_but_not_a_moved_box() -> None:
     relabelled = [boxes, np.array([1, 1, 3]), scores]
     assert _matched_diff([boxes, labels, scores], relabelled)["matched_max_abs_diff_boxes"] == (
         float("inf"))
+
+
+def test_cli_without_torchvision_names_the_environment_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch")
+    try:
+        import torchvision  # noqa: F401
+    except ModuleNotFoundError:
+        pass
+    else:
+        pytest.skip("torchvision is installed here (this is the .venv-tv environment)")
+    from detserve.models.cli import main
+
+    rc = main(["export-torchvision", "ssdlite320_mobilenet_v3_large", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "bash models/torchvision_env.sh" in err and ".venv-tv/bin/detserve-model" in err
