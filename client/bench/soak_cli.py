@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from detserve.client.bench import hostload
 from detserve.client.bench.inputs import InputSpec, build_requests, load_inputs
 from detserve.client.bench.recorder import SaturationLimits
 from detserve.client.bench.resultsdoc import new_document, setting_entry, write_json
@@ -91,6 +92,7 @@ async def cmd_soak(args: argparse.Namespace) -> int:
     inputs = load_inputs(spec)
     requests = build_requests(inputs.images, args.model)
     args.out.mkdir(parents=True, exist_ok=True)
+    started = hostload.snapshot()  # the document is made after the run: its load starts here
     async with AsyncExitStack() as stack:
         if args.target is None:
             target, pid, batching = await stack.enter_async_context(
@@ -115,6 +117,7 @@ async def cmd_soak(args: argparse.Namespace) -> int:
 
         config["served"] = load_served_default().to_json()
     doc = new_document(config, {**spec.to_json(), "mean_bytes": inputs.mean_bytes})
+    doc["host_load"] = hostload.between(started, started)  # write_json records the end
     doc["settings"].append(setting_entry("soak", role, batching, target, [run.level],
                                          args.model))
     doc["soak"] = run.to_json(plan)

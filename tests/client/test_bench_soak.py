@@ -118,6 +118,8 @@ def test_soak_cli_writes_results_and_report_writes_it_again(
     doc = json.loads((out / "results.json").read_text())
     assert doc["tool"] == "detserve-bench" and len(doc["soak"]["buckets"]) == 2
     assert doc["settings"][0]["role"] == "external"
+    # The host's load covers the run (its warm-up and minutes), not just the file's writing.
+    assert doc["host_load"]["interval_s"] >= 2.0
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("minute,start_s,end_s,ok") and len(rows) == 3
     report = (out / "report.md").read_text()
