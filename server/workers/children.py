@@ -35,6 +35,7 @@ class Child:
     name: str  # "engine", "worker 0", ...
     process: BaseProcess
     conn: Connection  # the supervisor's end of the child's pipe
+    ready: bool = False  # it said "ready" (else it has nothing to drain)
 
     @property
     def pid(self) -> int | None:
@@ -105,8 +106,11 @@ async def exited(child: Child) -> int | None:
 
 
 async def stop(child: Child, grace_s: float) -> int | None:
-    """Tell the child to stop, then SIGKILL after `grace_s`; the exit code."""
+    """Tell the child to stop, then SIGKILL after `grace_s`; the exit code. One still starting
+    holds nothing to drain (and reads its pipe only once ready): killed at once."""
     if child.process.is_alive():
+        if not child.ready:
+            child.process.kill()
         with contextlib.suppress(OSError):
             child.conn.send(STOP)
     try:

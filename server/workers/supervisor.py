@@ -79,6 +79,7 @@ class _Supervisor:
                           shares.frontend_decode_threads(self.config))
         self.engine = children.spawn("engine", run_engine, spec, self.factory)
         self.ready_info = _expect_ready(await children.first_message(self.engine))
+        self.engine.ready = True
         self._watch(self.engine)
         await asyncio.gather(*(self._start_frontend(i) for i in range(self.config.workers)))
         metrics_port = None
@@ -108,6 +109,7 @@ class _Supervisor:
         self.frontends[index] = child
         self.started_at[index] = time.monotonic()
         _expect_ready(await children.first_message(child))
+        child.ready = True
         self._watch(child)
 
     # -- watching ------------------------------------------------------------------------
@@ -172,8 +174,9 @@ class _Supervisor:
             if code not in (0, None):
                 self.log.warning("worker_exit", worker=index, exitcode=code)
         if self.engine is not None:
+            was_ready = self.engine.ready
             code = await children.stop(self.engine, ENGINE_STOP_S)
-            if code not in (0, None) and self.failure is None:
+            if code not in (0, None) and self.failure is None and was_ready:
                 self.log.warning("engine_exit", exitcode=code)
         for name in self.ready_info.segments if self.ready_info is not None else ():
             remove_segment(name)  # the engine process removes them; this is for one that died

@@ -199,6 +199,23 @@ async def test_sigterm_drains_every_process_and_the_server_exits_0(
     assert not any(_alive(p) for p in pids)
 
 
+async def test_sigterm_while_models_load_stops_at_once_and_exits_0(tiny_package: Path) -> None:
+    config = server_config(blocks_model(tiny_package), workers=2, metrics_port=0)
+    gate, entered, info = SPAWN.Event(), SPAWN.Queue(), SPAWN.Queue()
+    factory = workers_harness.GatedFactory(gate, entered, hold_start=True)
+    process = SPAWN.Process(target=workers_harness.run_supervisor, args=(config, factory, info))
+    process.start()
+    try:
+        engine_pid = -await asyncio.to_thread(entered.get, True, START_S)  # stuck loading
+        os.kill(process.pid, signal.SIGTERM)
+        await asyncio.to_thread(process.join, WAIT_S * 3)
+        assert process.exitcode == 0
+        assert not _alive(engine_pid) and info.empty()
+    finally:
+        if process.is_alive():
+            process.kill()
+
+
 async def test_one_metrics_endpoint_counts_every_worker(supervised: Callable[..., Any]) -> None:
     run: Supervised = await supervised(gated=False)
     replies = await asyncio.gather(*(run.stub().Detect(request_for(GOOD), timeout=WAIT_S)

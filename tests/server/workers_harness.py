@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing.queues
 import multiprocessing.synchronize
+import os
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,10 +64,18 @@ class GatedOrt:
 
 @dataclass
 class GatedFactory:
+    """`hold_start`: building an engine reports the engine process's pid on `entered` (as a
+    negative number), then hangs: a server stuck loading its models. (Not on `gate`: a process
+    killed while it waits on a multiprocessing Event leaves that Event unusable.)"""
+
     gate: multiprocessing.synchronize.Event
     entered: multiprocessing.queues.Queue[int]
+    hold_start: bool = False
 
     def __call__(self, package: ModelPackage, kind: str, options: Mapping[str, Any]) -> Engine:
+        if self.hold_start:
+            self.entered.put(-os.getpid())
+            threading.Event().wait(GATE_WAIT_S)
         return GatedOrt(OrtEngine(package, intra_op_threads=1), self.gate, self.entered)
 
 
