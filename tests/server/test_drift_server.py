@@ -81,6 +81,10 @@ async def test_a_busy_camera_gone_blank_raises_the_alert_on_the_nth_frame_and_cl
         start: Start, log: io.StringIO) -> None:
     run = await start(server_config(shapes_model(), metrics_port=0, alerts=DEAD_ALERTS))
     server = run.server
+    # The built-in package carries its val reference (500 scenes) for the shift alert.
+    assert server.observer.metrics.registry.get_sample_value(
+        "detserve_distribution_shift_reference_frames",
+        {"model": SHAPES_KEY, "source": "package"}) == 500
     feed = FrameFeed()
     call = run.stub.DetectStream(feed.requests(), metadata=((CAMERA_KEY, "gate-1"),))
     busy, blank = camera_frames(0, 13), blank_frames(0, N_DEAD + 2)
