@@ -138,9 +138,9 @@ def compare(out: Path, levels: tuple[int, ...] = (1, 4, 16)) -> str:
     lines = [
         "| concurrency | perf_analyzer img/s (before, after) | detserve-bench img/s | gap "
         "| within 10 % | engine ms per batch (PA, bench, PA) | mean batch (PA, bench, PA) "
-        "| img/s ÷ engine rate (PA, bench, PA) | p50 / p99 ms PA, bench | load avg (PA, "
-        "bench, PA) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| img/s ÷ engine rate (PA, bench, PA) | its gap | p50 / p99 ms PA, bench "
+        "| load avg (PA, bench, PA) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in levels:
         a, bench, b = _pa_run(runs, c, "a"), _bench_run(runs, c), _pa_run(runs, c, "b")
@@ -150,12 +150,15 @@ def compare(out: Path, levels: tuple[int, ...] = (1, 4, 16)) -> str:
             pa_mean - bench.images_per_s) / bench.images_per_s
         ok = "-" if gap is None else "yes" if abs(gap) <= TOLERANCE else "no"
         trio = (a, bench, b)
+        shares = [r.engine_share for r in (a, b) if r.engine_share is not None]
+        share_gap = None if not shares or not bench.engine_share else (
+            sum(shares) / len(shares) - bench.engine_share) / bench.engine_share
         lines.append(
             f"| {c} | {_f(a.images_per_s, '.1f')}, {_f(b.images_per_s, '.1f')} "
             f"| {_f(bench.images_per_s, '.1f')} | {_f(gap, '+.1%')} | {ok} "
             f"| {', '.join(_f(r.engine_ms_per_batch, '.1f') for r in trio)} "
             f"| {', '.join(_f(r.mean_batch, '.2f') for r in trio)} "
-            f"| {', '.join(_f(r.engine_share, '.2f') for r in trio)} "
+            f"| {', '.join(_f(r.engine_share, '.2f') for r in trio)} | {_f(share_gap, '+.1%')} "
             f"| {_f(a.p50_ms, '.1f')} / {_f(a.p99_ms, '.1f')}, "
             f"{_f(bench.p50_ms, '.1f')} / {_f(bench.p99_ms, '.1f')} "
             f"| {a.loadavg.split()[0]}, {bench.loadavg.split()[0]}, {b.loadavg.split()[0]} |")
