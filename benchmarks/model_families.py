@@ -8,7 +8,7 @@ and 1280 (the same weights, so the rows differ only in input size), and the torc
 that `python -m detserve.models.torchvision_export` wrote in its own environment (their params,
 GFLOPs and parity come from its export.json, since torchvision is not installed here).
 
-Each package is measured in a subprocess of its own, so its peak RSS (ru_maxrss) is its own:
+Each package is measured in a subprocess of its own, so its peak RSS (VmHWM) is its own:
 ONNX Runtime FP32 on the CPU (2 intra-op threads), `engine.infer` + `decode_batch` (the served
 compute path: host NMS for yolov8, the graph's own for torchvision) on rendered val scenes,
 median ms per image over at least MIN_RUNS runs and MIN_S seconds after one warm-up run.
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -44,7 +43,12 @@ DEFAULT_SIZES = (320, 640, 1280)
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """Peak RSS of this process (VmHWM). Not ru_maxrss: Linux carries that over exec from the
+    forking parent, so every child would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _scenes(size: int, batch: int) -> np.ndarray:
