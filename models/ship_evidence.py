@@ -164,12 +164,25 @@ def check_soak(doc: Mapping[str, Any] | None, man: Manifest) -> Check:
             f"{_f(last['p99_ms'])} ms at {_f(last['throughput_rps'])} req/s; first ÷ last "
             f"minute: throughput {_f(s['first_over_last_throughput'], digits=3)}, p99 "
             f"{_f(s['first_over_last_p99'], digits=3)}; {s['errors']} errors")
+    others = _other_cpu(buckets)
+    if others is not None:
+        text += (f"; other processes on the host took {others:.2f} cores on average (the soak "
+                 "shares the machine: read a trend against that)")
     wrong = soak_identity(doc, man)
     if wrong:
         return Check("latency", title, False, f"{text}; but {wrong}")
     if s["duration_s"] < SOAK_MIN_S - 1:
         return Check("latency", title, False, f"{text}; shorter than 5 minutes")
     return Check("latency", title, True, text)
+
+
+def _other_cpu(buckets: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean CPU cores of everything but the server and the load generator, per bucket."""
+    keys = ("host_busy_cores", "server_cpu_cores", "client_cpu_cores")
+    rows = [b for b in buckets if all(b.get(k) is not None for k in keys)]
+    if not rows:
+        return None
+    return float(sum(b[keys[0]] - b[keys[1]] - b[keys[2]] for b in rows)) / len(rows)
 
 
 def sweep_peak_rss(doc: Mapping[str, Any] | None) -> float | None:
