@@ -107,7 +107,7 @@ def test_grace_period_covers_prestop_and_the_drain() -> None:
 
 def test_connection_age_is_on_so_clients_re_resolve() -> None:
     config = _server_config()
-    assert 0 < config.max_connection_age_s
+    assert config.max_connection_age_s > 0
     assert config.max_connection_age_grace_s <= config.drain_grace_s + 10
 
 
