@@ -280,8 +280,10 @@ def load_package(root: str | Path) -> ModelPackage:
         raise ManifestError(f"no {MANIFEST_FILE} in model package directory {str(path)!r}")
     try:
         raw = yaml.safe_load(manifest_path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{manifest_path} is not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # found by fuzzing (tests/fuzz): "[[[[..." thousands deep
+        raise ManifestError(f"{manifest_path} is not valid YAML: nested too deeply") from exc
     manifest = parse_manifest(raw)
     package = ModelPackage(root=path, manifest=manifest)
     if not package.model_path.is_file():

@@ -344,8 +344,11 @@ def load_file(path: Path) -> ServerConfig:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:  # found by fuzzing (tests/fuzz)
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: nested too "
+                          f"deeply") from exc
     return parse_config(raw or {}, path.parent.resolve())
 
 

@@ -115,7 +115,19 @@ async def _main(spec: EngineSpec, factory: EngineFactory, conn: Connection) -> i
         conn.send(("failed", "start", f"the engine process failed to start: {exc!r}"))
         return 1
     conn.send(("ready", host.ready()))
-    if not await children.told_to_stop(conn):
+    # A batcher out of service (a worker died) ends this process: the front ends then report
+    # NOT_SERVING and the supervisor stops the server (exit 1), as for an engine process lost.
+    faulted = asyncio.Event()
+    host.registry.on_fault(lambda key, exc: faulted.set())
+    told = asyncio.ensure_future(children.told_to_stop(conn))
+    fault = asyncio.ensure_future(faulted.wait())
+    await asyncio.wait((told, fault), return_when=asyncio.FIRST_COMPLETED)
+    fault.cancel()
+    if not told.done():
+        told.cancel()
+        await host.stop()
+        return 1
+    if not told.result():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(host.hub.idle.wait(), ORPHAN_WAIT_S)
     await host.stop()
