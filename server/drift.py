@@ -9,7 +9,11 @@ log event: `dead_camera_started` / `dead_camera_cleared`, `distribution_shift_st
 `distribution_shift_cleared`.
 
 Per frame the work is O(1): a dict look-up, an EWMA step, one bisect per signal, and every
-`model_shift.EVERY_FRAMES` frames a PSI over about ten bins.
+`model_shift.EVERY_FRAMES` frames a PSI over about ten bins (benchmarks/drift_overhead.py).
+
+Shift is computed per model, not per camera: a window per camera would cost its frames' memory
+times the cameras, and one camera's few hundred frames give a PSI that is mostly sampling noise
+(about bins / frames); the per-camera signal is the dead-camera rule.
 """
 
 from __future__ import annotations
