@@ -5,7 +5,9 @@ refused, and only the deadline checks giving DEADLINE_EXCEEDED."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -197,3 +199,17 @@ def test_clip_keeps_short_text_and_marks_what_it_cut() -> None:
     assert clip("shapes@320") == "shapes@320"
     assert clip("a" * 65) == "a" * 64 + "… (65 characters)"
     assert clip("abcdef", 3) == "abc… (6 characters)"
+
+
+async def test_a_3_kb_png_claiming_a_4_gb_chunk_is_refused_at_once(
+    start: Callable[..., Any],
+) -> None:
+    """Found by fuzzing (tests/fuzz/regressions): OpenCV allocated the 4 GB it claims."""
+    run: Running = await start()
+    data = (Path(__file__).parents[1] / "fuzz" / "regressions"
+            / "decode-png-chunk-claims-4gb.bin").read_bytes()
+    started = time.monotonic()
+    error = await _refusal(run, pb.DetectRequest(image=pb.Image(encoded=data)))
+    assert time.monotonic() - started < 1.0
+    assert error.code() == INVALID
+    assert "chunk at byte 33 claims 4294904675 bytes" in (error.details() or "")
