@@ -119,7 +119,7 @@ async def test_closing_the_servicers_stream_closes_run_stream_at_once(
     async def behavior(requests: AsyncIterator[pb.DetectRequest], context: Any
                        ) -> AsyncGenerator[pb.DetectResponse, None]:
         replies = service.DetectStream(requests, context)
-        first = await anext(replies)  # type: ignore[call-overload]
+        first = await anext(replies)
         await until(lambda: service.streams.slots.held == 1)
         await replies.aclose()  # type: ignore[attr-defined]
         first.status.message = (f"held after close: {service.streams.slots.held}, calls: "
