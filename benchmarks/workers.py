@@ -39,7 +39,7 @@ from _common import (
     server_process,
 )
 
-from detserve.client.bench import proccpu
+from detserve.client.bench import hostload, proccpu
 from detserve.client.bench.loads import DEFAULT_CHANNELS, LoadSettings
 from detserve.client.bench.resultsdoc import setting_entry
 from detserve.client.bench.runner import LevelResult, LoadPlan, describe, run_plan
@@ -142,10 +142,11 @@ async def run(args: Any) -> None:
                 level_json["server_cpu"] = lv["cpu"]
             doc["settings"].append(entry)
             rows.append({"name": name, "workers": workers, "levels": levels})
+    save(doc, args.out, args.slo_ms)  # also takes the host's load after the run
     lines = summary_lines(rows)
-    save(doc, args.out, args.slo_ms)
+    lines += ["", f"Host: {hostload.describe(doc.get('host_load'))}."]
     (Path(args.out) / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[-2:]))
+    print("\n".join(lines[-4:]))
 
 
 def main() -> None:
