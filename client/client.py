@@ -97,13 +97,15 @@ def channel_options(
 # Unary calls a draining replica refused (UNAVAILABLE, nothing done) are sent again, to the
 # next pick; streams are not retried (their frames may have been answered). A draining server
 # keeps its connections through the grace period, so with other calls picking in between a
-# retry can land on it again: 5 attempts, gRPC's most.
+# retry can land on it again: 5 attempts, gRPC's most. CANCELLED too: a server's final stop
+# cancels calls it had accepted but never handed to the servicer (nothing was done, and Detect
+# only reads); a caller's own cancellation is local and never retried.
 UNARY_RETRY_POLICY = {
     "maxAttempts": 5,
     "initialBackoff": "0.02s",
     "maxBackoff": "0.5s",
     "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
+    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
 }
 
 

@@ -55,7 +55,7 @@ def test_round_robin_option_sets_the_service_config() -> None:
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     (method,) = config["methodConfig"]
     assert {n["method"] for n in method["name"]} == {"Detect", "ListModels", "GetModelInfo"}
-    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
     assert "grpc.service_config" not in dict(channel_options(1024))
 
 
