@@ -65,8 +65,11 @@ def detect_one(client: DetectClient, path: str, options: DetectOptions,
         return Outcome(error=err)
 
 
-def _is_unavailable(err: Exception | None) -> bool:
-    return isinstance(err, DetectError) and err.code is grpc.StatusCode.UNAVAILABLE
+def _unavailable(err: Exception | None) -> DetectError | None:
+    """`err` if it says the server cannot be reached, else None."""
+    if isinstance(err, DetectError) and err.code is grpc.StatusCode.UNAVAILABLE:
+        return err
+    return None
 
 
 def run_detect(client: DetectClient, args: argparse.Namespace, options: DetectOptions,
@@ -84,9 +87,9 @@ def run_detect(client: DetectClient, args: argparse.Namespace, options: DetectOp
         try:
             for path, future in zip(paths, futures, strict=True):
                 outcome = future.result()
-                if _is_unavailable(outcome.error):
-                    assert outcome.error is not None
-                    raise outcome.error  # no server: every other image would say the same
+                unavailable = _unavailable(outcome.error)
+                if unavailable is not None:
+                    raise unavailable  # no server: every other image would say the same
                 if outcome.result is None:
                     failures += 1
                     out.failure(path, outcome.error or RuntimeError("no result"))

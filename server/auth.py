@@ -69,6 +69,28 @@ def _text(value: str | bytes) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
+def authenticate(tokens: TokenStore,
+                 metadata: Sequence[tuple[str, str | bytes]] | None) -> Grant:
+    """The caller's grant from its call metadata; Rejected UNAUTHENTICATED when it has none."""
+    values = [_text(v) for k, v in metadata or () if k == AUTH_KEY]
+    if not values:
+        raise Rejected(grpc.StatusCode.UNAUTHENTICATED, "no_token",
+                       f"this server requires a token: {TOKEN_HELP}")
+    scheme, _, token = values[0].strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Rejected(grpc.StatusCode.UNAUTHENTICATED, "bad_token",
+                       f"the authorization metadata must read 'Bearer <token>': {TOKEN_HELP}")
+    grant = tokens.authenticate(token)
+    if grant is None:
+        raise Rejected(
+            grpc.StatusCode.UNAUTHENTICATED, "bad_token",
+            f"token {fingerprint(token)} (its fingerprint) is not accepted by this server; "
+            f"the server logs the fingerprints it accepts (event auth_tokens_loaded)",
+        )
+    return grant
+
+
 class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, tokens: TokenStore | None, limiter: RateLimiter | None,
                  models: Catalog, metrics: ServerMetrics, logger: Any | None) -> None:
@@ -87,7 +109,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         grant = None
         if self.tokens is not None:
             try:
-                grant = self.authenticate(details.invocation_metadata)
+                grant = authenticate(self.tokens, details.invocation_metadata)
             except Rejected as exc:
                 return _same_kind(handler, self._refusing(exc, method))
         needs_call_checks = self.limiter is not None or (grant is not None and
@@ -99,27 +121,6 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.request_streaming or handler.response_streaming:
             return handler
         return _same_kind(handler, self._unary(handler.unary_unary, method, grant))
-
-    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Grant:
-        """The caller's grant; Rejected UNAUTHENTICATED when it has none."""
-        assert self.tokens is not None
-        values = [_text(v) for k, v in metadata or () if k == AUTH_KEY]
-        if not values:
-            raise Rejected(grpc.StatusCode.UNAUTHENTICATED, "no_token",
-                           f"this server requires a token: {TOKEN_HELP}")
-        scheme, _, token = values[0].strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Rejected(grpc.StatusCode.UNAUTHENTICATED, "bad_token",
-                           f"the authorization metadata must read 'Bearer <token>': {TOKEN_HELP}")
-        grant = self.tokens.authenticate(token)
-        if grant is None:
-            raise Rejected(
-                grpc.StatusCode.UNAUTHENTICATED, "bad_token",
-                f"token {fingerprint(token)} (its fingerprint) is not accepted by this server; "
-                f"the server logs the fingerprints it accepts (event auth_tokens_loaded)",
-            )
-        return grant
 
     def _served(self, model: str) -> ModelView | None:
         try:

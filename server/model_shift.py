@@ -89,15 +89,13 @@ class ModelShift:
             kept = [s for s in scores if s >= self.threshold - _SLACK]
             n, top = len(kept), max(kept, default=0.0)
         if self._warmup is not None:
-            return [], self._warm(n, top)
+            return [], self._warm(self._warmup, n, top)
         changes = [self._add("detections", float(n))]
         if n:
             changes.append(self._add("max_score", top))
         return [c for c in changes if c is not None], None
 
-    def _warm(self, n: int, top: float) -> Reference | None:
-        warm = self._warmup
-        assert warm is not None
+    def _warm(self, warm: _Warmup, n: int, top: float) -> Reference | None:
         warm.detections.append(n)
         if n:
             warm.max_scores.append(top)

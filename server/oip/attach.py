@@ -41,7 +41,7 @@ class OipFrontEnd:
               statistics: Statistics, detector: DetectorService, security: EdgeSecurity,
               observer: RequestObserver) -> OipFrontEnd:
         logger = observer.logger if config.log_requests else None
-        guard = OipGuard(security, catalog, observer.metrics, logger)
+        guard = OipGuard(security, observer.metrics, logger)
         parts = OipParts(catalog, core, statistics, detector, guard, config.stream_max_in_flight)
         return cls(parts, config)
 

@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 
 from detserve.server.admission import Rejected
-from detserve.server.auth import AUTH_KEY, CallGuard, peer_key
-from detserve.server.catalog import Catalog, ModelView
+from detserve.server.auth import AUTH_KEY, authenticate, peer_key
+from detserve.server.catalog import ModelView
 from detserve.server.metrics import ServerMetrics
 from detserve.server.observe import UNKNOWN_MODEL
 from detserve.server.security import EdgeSecurity
@@ -26,12 +26,11 @@ from detserve.server.tokens import Grant
 
 
 class OipGuard:
-    def __init__(self, security: EdgeSecurity, catalog: Catalog, metrics: ServerMetrics,
+    def __init__(self, security: EdgeSecurity, metrics: ServerMetrics,
                  logger: Any | None) -> None:
         self.security = security
         self.metrics = metrics
         self.logger = logger
-        self._auth = CallGuard(security.tokens, security.limiter, catalog, metrics, logger)
 
     @property
     def active(self) -> bool:
@@ -40,11 +39,12 @@ class OipGuard:
     def grant(self, authorization: str | None) -> Grant | None:
         """The caller's grant from its authorization value; None with auth off. Rejected
         UNAUTHENTICATED (counted) when the server needs a token and this is not one."""
-        if self.security.tokens is None:
+        tokens = self.security.tokens
+        if tokens is None:
             return None
         metadata = () if authorization is None else ((AUTH_KEY, authorization),)
         try:
-            return self._auth.authenticate(metadata)
+            return authenticate(tokens, metadata)
         except Rejected as exc:
             self.metrics.auth_refused.labels(exc.reason).inc()
             raise

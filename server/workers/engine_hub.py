@@ -51,6 +51,15 @@ class _Conn:
     lost: bool = False
 
 
+@dataclass(frozen=True)
+class _Held:
+    """What a submitted request runs with: its front end's segment, its slot and ticket."""
+
+    segment: Segment
+    slot: int
+    ticket: LocalTicket
+
+
 def _decoded(decode_s: float | None) -> DecodeOutcome:
     return DecodeOutcome(decoded=decode_s is not None, decode_s=decode_s or 0.0)
 
@@ -146,20 +155,22 @@ class EngineHub:
             conn.requests[tid] = request
             request.slot = self.partitions[conn.index].try_take()
             if request.slot is not None:
-                self._admitted(conn, tid, request)
+                self._admitted(conn, conn.index, tid, request.slot, request.ticket)
                 return
         conn.requests[tid] = request
-        request.task = asyncio.create_task(self._admit_waiting(conn, tid, request, deadline,
-                                                               held, pixels))
+        request.task = asyncio.create_task(self._admit_waiting(conn, conn.index, tid, request,
+                                                               deadline, pixels))
 
-    async def _admit_waiting(self, conn: _Conn, tid: int, request: _Request,
-                             deadline: float | None, held: bool, pixels: int) -> None:
-        """A stream frame waiting for the pixel budget, or any request for a free slot."""
-        assert conn.index is not None
+    async def _admit_waiting(self, conn: _Conn, index: int, tid: int, request: _Request,
+                             deadline: float | None, pixels: int) -> None:
+        """A stream frame waiting for the pixel budget (it has no ticket yet), or any request
+        for a free slot (`index`: its front end's, which sent HELLO before it could ADMIT)."""
         try:
-            if held:
-                request.ticket = await self.lane.admit_held(request.model, deadline, pixels)
-            request.slot = await self.partitions[conn.index].take()
+            ticket = request.ticket
+            if ticket is None:
+                ticket = request.ticket = await self.lane.admit_held(request.model, deadline,
+                                                                     pixels)
+            slot = request.slot = await self.partitions[index].take()
         except asyncio.CancelledError:  # DROP, or the front end is gone
             self._end(conn, tid, request)
             return
@@ -168,37 +179,37 @@ class EngineHub:
             self._refuse(conn, tid, exc, request.model)
             return
         request.task = None
-        self._admitted(conn, tid, request)
+        self._admitted(conn, index, tid, slot, ticket)
 
-    def _admitted(self, conn: _Conn, tid: int, request: _Request) -> None:
-        assert request.ticket is not None and conn.index is not None
-        self._slots_changed(conn.index)
-        self._send(conn, (ipc.ADMITTED, tid, request.slot, request.ticket.expected_decode_s))
+    def _admitted(self, conn: _Conn, index: int, tid: int, slot: int,
+                  ticket: LocalTicket) -> None:
+        self._slots_changed(index)
+        self._send(conn, (ipc.ADMITTED, tid, slot, ticket.expected_decode_s))
 
     def _submit(self, conn: _Conn, tid: int,
                 letterbox: tuple[float, float, float, float, int, int],
                 params: tuple[float, float, int, tuple[int, ...] | None],
                 deadline: float | None, decode_s: float | None) -> None:
         request = conn.requests.get(tid)
-        if request is None or request.ticket is None or request.slot is None:
+        if request is None or request.ticket is None or request.slot is None or conn.index is None:
             raise ipc.ProtocolError(f"SUBMIT for request {tid}, which holds no slot")
-        request.ticket.decoded(_decoded(decode_s))
-        request.ticket.decode_finished()
+        held = _Held(self.segments[conn.index], request.slot, request.ticket)
+        held.ticket.decoded(_decoded(decode_s))
+        held.ticket.decode_finished()
         request.submitted = True
         score, iou, top, classes = params
         decode = DecodeParams(score, iou, top, None if classes is None else frozenset(classes))
-        box = Letterbox(*letterbox)
-        request.task = asyncio.create_task(self._run(conn, tid, request, box, decode, deadline))
+        request.task = asyncio.create_task(self._run(conn, tid, request, held,
+                                                     Letterbox(*letterbox), decode, deadline))
 
-    async def _run(self, conn: _Conn, tid: int, request: _Request, letterbox: Letterbox,
-                   params: DecodeParams, deadline: float | None) -> None:
-        assert request.ticket is not None and request.slot is not None and conn.index is not None
-        segment = self.segments[conn.index]
+    async def _run(self, conn: _Conn, tid: int, request: _Request, held: _Held,
+                   letterbox: Letterbox, params: DecodeParams, deadline: float | None) -> None:
+        segment, slot = held.segment, held.slot
         manifest = request.model.manifest
         try:
-            canvas = segment.image(request.slot, manifest.input_height, manifest.input_width)
-            outcome = await request.ticket.submit(PreparedPixels(canvas, letterbox), params,
-                                                  deadline)
+            canvas = segment.image(slot, manifest.input_height, manifest.input_width)
+            outcome = await held.ticket.submit(PreparedPixels(canvas, letterbox), params,
+                                               deadline)
         except asyncio.CancelledError:  # CANCEL, or the front end is gone: nobody to answer
             pass
         except Exception as exc:
@@ -206,7 +217,7 @@ class EngineHub:
             self._send(conn, (ipc.FAILED, tid, error.code.name, error.message))
         else:
             result = outcome.value
-            rows, overflow = write_rows(segment.reply(request.slot), result.detections)
+            rows, overflow = write_rows(segment.reply(slot), result.detections)
             self._send(conn, (ipc.RESULT, tid, rows, overflow, outcome.batch_size,
                               result.executed_batch_size, outcome.queue_s, outcome.run_s,
                               result.inference_s, result.postprocess_s))

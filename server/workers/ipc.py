@@ -59,7 +59,9 @@ class MessageStream(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        if not isinstance(transport, asyncio.Transport):  # a stream socket's always is
+            raise TypeError(f"MessageStream needs a stream transport, got "
+                            f"{type(transport).__name__}")
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
