@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "detserve.models.cli_precision",
     "detserve.models.cli_report",
     "detserve.models.cli_torchvision",
+    "detserve.models.cli_tflite",
 )
 
 
