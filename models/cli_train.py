@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from detserve.models.detector import DetectorConfig
+    from detserve.models.distill import Distiller
 
 DEFAULT_OUT = "data/train/shapes"
 DEFAULT_CACHE = "data/cache"
@@ -40,7 +44,33 @@ def _register_train(subparsers: Any) -> None:
     p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="rendered scene pools")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
     p.add_argument("--no-progress", action="store_true")
+    d = p.add_argument_group("distillation (models/distill.py)")
+    d.add_argument("--teacher", default=None, metavar="PACKAGE_OR_CHECKPOINT",
+                   help="also learn this detserve-trained model's class scores and box "
+                        "distributions (a package folder with model.pt, or a checkpoint)")
+    d.add_argument("--distill-weight", type=float, default=1.0,
+                   help="weight of the class-score distillation term")
+    d.add_argument("--distill-box-weight", type=float, default=1.0,
+                   help="weight of the box-distribution (DFL) distillation term")
+    d.add_argument("--distill-temperature", type=float, default=2.0,
+                   help="softening temperature of both terms")
     p.set_defaults(func=_train)
+
+
+def _distiller(args: argparse.Namespace, student: DetectorConfig) -> Distiller | None:
+    """The --teacher's Distiller (None without --teacher); one-line errors before any rendering."""
+    if args.teacher is None:
+        return None
+    from detserve.models.distill import DistillConfig, make_distiller
+
+    try:
+        cfg = DistillConfig(args.distill_weight, args.distill_box_weight,
+                            args.distill_temperature)
+        distiller = make_distiller(args.teacher, cfg, args.device)
+        distiller.prepare(student, args.device)
+    except ValueError as exc:
+        raise SystemExit(f"detserve-model train: error: --teacher: {exc}") from None
+    return distiller
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -57,6 +87,7 @@ def _train(args: argparse.Namespace) -> int:
     resume = Path(args.out_dir) / "last.pt" if args.resume else None
     if resume is not None and not resume.is_file():
         raise SystemExit(f"--resume: no checkpoint at {str(resume)!r}")
+    distiller = _distiller(args, det_cfg)
     cache = Path(args.cache_dir)
     progress = not args.no_progress
     pool = render_pool("train", args.train_scenes, TRAIN_SIZES, args.max_side, cache, progress,
@@ -66,8 +97,11 @@ def _train(args: argparse.Namespace) -> int:
                       "parameters": count_parameters(build_detector(det_cfg)),
                       "train_scenes": len(pool), "val_scenes": len(val),
                       "train_seeds": f"split_seeds('train', {args.train_scenes})",
-                      "val_seeds": f"split_seeds('val', {args.val_scenes})"}), flush=True)
-    result = train(det_cfg, cfg, pool, val, CLASSES, resume=resume, progress=progress)
+                      "val_seeds": f"split_seeds('val', {args.val_scenes})",
+                      **({} if distiller is None else {"teacher": distiller.describe()})}),
+          flush=True)
+    result = train(det_cfg, cfg, pool, val, CLASSES, resume=resume, progress=progress,
+                   distill=distiller)
     print(json.dumps({"steps": result.steps, "final_loss": result.final_loss,
                       "checkpoint": str(result.checkpoint)}))
     return 0

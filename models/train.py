@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from detserve.models.detector import Detector, DetectorConfig, build_detector, s
 from detserve.models.loss import DetectionLoss, Targets
 from detserve.models.train_data import AugmentConfig, Batch, Sample, make_batch
 from detserve.models.train_eval import QuickMetrics, evaluate_model
+
+if TYPE_CHECKING:
+    from detserve.models.distill import Distiller
 
 
 @dataclass(frozen=True)
@@ -200,14 +203,17 @@ def _epoch_order(cfg: TrainConfig, epoch: int, n: int) -> tuple[np.ndarray, np.r
 
 def train(det_cfg: DetectorConfig, cfg: TrainConfig, pool: list[Sample], val: list[Sample],
           class_names: tuple[str, ...], resume: Path | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Train on `pool`, evaluating on `val` each `eval_every` epochs; returns losses/metrics."""
+          log: Callable[[str], None] = print, distill: Distiller | None = None) -> TrainResult:
+    """Train on `pool`, evaluating on `val` each `eval_every` epochs; returns losses/metrics.
+    With `distill`, the loss adds its teacher terms (models/distill.py) to the labels' loss."""
     if len(pool) < cfg.batch_size:
         raise ValueError(f"pool has {len(pool)} scenes, fewer than batch_size {cfg.batch_size}")
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _init_state(det_cfg, cfg, resume)
+    if distill is not None:
+        distill.prepare(det_cfg, cfg.device)
     aug = replace(cfg.augment, size=cfg.input_size)
     loss_fn = DetectionLoss(state.model)
     per_epoch = len(pool) // cfg.batch_size
@@ -232,17 +238,22 @@ def train(det_cfg: DetectorConfig, cfg: TrainConfig, pool: list[Sample], val: li
                 group["lr"] = lr
             images = batch.images.to(cfg.device, non_blocking=True)
             targets = Targets.from_lists(batch.boxes, batch.classes).to(cfg.device)
-            parts = loss_fn(state.model.raw(images), targets)
+            raw = state.model.raw(images)
+            parts = loss_fn(raw, targets)
+            objective = parts.total
+            if distill is not None:
+                objective = objective + distill(state.model, raw, images).total
             state.optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()  # type: ignore[no-untyped-call]
+            objective.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
             state.optimizer.step()
             state.ema.update(state.model)
             state.step += 1
-            losses.append(float(parts.total.detach()))
+            losses.append(float(objective.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", box=f"{parts.box:.3f}",
-                            cls=f"{parts.cls:.3f}", dfl=f"{parts.dfl:.3f}", lr=f"{lr:.1e}")
+                            cls=f"{parts.cls:.3f}", dfl=f"{parts.dfl:.3f}", lr=f"{lr:.1e}",
+                            **({} if distill is None else distill.recent(1)))
             if state.step % cfg.save_every == 0:
                 _save(state, cfg, last)
             if state.step >= stop:
@@ -251,7 +262,7 @@ def train(det_cfg: DetectorConfig, cfg: TrainConfig, pool: list[Sample], val: li
             _save(state, cfg, last)
             break
         _end_epoch(state, cfg, epoch, losses[-per_epoch:] or [math.nan], val, class_names,
-                   started, log)
+                   started, log, {} if distill is None else distill.recent(per_epoch))
         _save(state, cfg, last)
     bar.close()
     return TrainResult(state.step, losses[-1] if losses else math.nan, losses, state.history,
@@ -260,10 +271,10 @@ def train(det_cfg: DetectorConfig, cfg: TrainConfig, pool: list[Sample], val: li
 
 def _end_epoch(state: _State, cfg: TrainConfig, epoch: int, epoch_losses: list[float],
                val: list[Sample], class_names: tuple[str, ...], started: float,
-               log: Callable[[str], None]) -> None:
+               log: Callable[[str], None], extra: dict[str, Any]) -> None:
     record: dict[str, Any] = {"epoch": epoch + 1, "step": state.step,
                               "loss": float(np.mean(epoch_losses)),
-                              "minutes": round((time.monotonic() - started) / 60, 2)}
+                              "minutes": round((time.monotonic() - started) / 60, 2), **extra}
     if val and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
         # The quick evaluator works on CPU tensors; evaluate a CPU copy of the EMA weights.
         ema_cpu = copy.deepcopy(state.ema.module).cpu()
