@@ -1,0 +1,198 @@
+"""export-tflite: the parts that run in the test install (arguments, the ONNX split, the runner's
+IO conversions, the checks and report on arrays), and the whole export where .venv-tflite is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from detserve.engines.manifest import load_package
+from detserve.models import tflite_runner
+from detserve.models.cli import main
+from detserve.models.evaluate import evaluate_package
+from detserve.models.tflite_checks import detections, metrics, raw_diff, report_markdown
+from detserve.models.tflite_export import (
+    DEFAULT_PYTHON,
+    EnvMissingError,
+    check_package,
+    find_python,
+    load_val,
+    onnxruntime_outputs,
+    run,
+    split_outputs,
+)
+
+PACKAGES = Path(__file__).resolve().parents[2] / "models" / "packages"
+PKG = PACKAGES / "shapes_320"
+VAL = Path(__file__).resolve().parents[2] / "data" / "sets" / "val"
+needs_val = pytest.mark.skipif(not (VAL / "annotations.json").is_file(),
+                               reason="data/sets/val not made (detserve-model make-dataset)")
+needs_env = pytest.mark.skipif(
+    not DEFAULT_PYTHON.is_file(),
+    reason=f"the TFLite environment is absent ({DEFAULT_PYTHON}); bash models/tflite_env.sh")
+
+
+def test_env_missing_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rc = main(["export-tflite", str(PKG), "--out", str(tmp_path / "o"),
+               "--python", str(tmp_path / "no-python")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "bash models/tflite_env.sh" in err and str(tmp_path / "no-python") in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_find_python_prefers_explicit_then_environment(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    exe = tmp_path / "python"
+    exe.write_text("")
+    assert find_python(str(exe)) == exe
+    monkeypatch.setenv("DETSERVE_TFLITE_PYTHON", str(exe))
+    assert find_python() == exe
+    monkeypatch.setenv("DETSERVE_TFLITE_PYTHON", str(tmp_path / "gone"))
+    with pytest.raises(EnvMissingError, match="gone not found"):
+        find_python()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--int8", "--n", "0"], "--n must be in [1, 10000], got 0"),
+    (["--limit", "0"], "--limit must be >= 1, got 0"),
+    (["--runs", "0"], "--runs must be >= 1, got 0"),
+])  # fmt: skip
+def test_bad_arguments_are_one_line(extra: list[str], message: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["export-tflite", str(PKG), "--out", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err
+
+
+def test_refuses_int8_and_missing_packages(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"needs an fp32 package.*'int8'"):
+        check_package(load_package(PACKAGES / "shapes_320_int8"))
+    exe = tmp_path / "python"
+    exe.write_text("")
+    with pytest.raises(ValueError):
+        run(tmp_path / "nowhere", tmp_path / "o", False, 1, VAL, python=str(exe))
+
+
+def test_split_outputs_keeps_the_values() -> None:
+    model = onnx.load(str(PKG / "model.onnx"))
+    split = split_outputs(model)
+    assert [o.name for o in split.graph.output] == ["boxes", "scores"]
+    x = np.random.default_rng(0).random((2, 3, 320, 320), dtype=np.float32)
+    whole = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    parts = ort.InferenceSession(split.SerializeToString(), providers=["CPUExecutionProvider"])
+    (want,) = whole.run(None, {"images": x})
+    boxes, scores = parts.run(None, {"images": x})
+    assert boxes.shape == (2, 4, 2100) and scores.shape == (2, 6, 2100)
+    np.testing.assert_array_equal(np.concatenate([boxes, scores], axis=1), want)
+    assert scores.min() >= 0.0 and scores.max() <= 1.0 and boxes.max() > 100.0
+    with pytest.raises(ValueError, match="cannot split"):
+        split_outputs(split)
+
+
+def test_raw_diff_separates_boxes_and_scores() -> None:
+    ref = np.zeros((2, 10, 5), np.float32)
+    got = ref.copy()
+    got[1, 2, 3] = 1.5  # a box row
+    got[0, 7, 0] = -0.25  # a score row
+    d = raw_diff(ref, got)
+    assert d["max_abs_diff_boxes_px"] == 1.5 and d["max_abs_diff_scores"] == 0.25
+    assert d["mean_abs_diff_boxes_px"] == pytest.approx(1.5 / (2 * 4 * 5))
+    assert d["mean_abs_diff_scores"] == pytest.approx(0.25 / (2 * 6 * 5))
+    with pytest.raises(ValueError, match="share one"):
+        raw_diff(ref, got[:1])
+
+
+def test_runner_quantizes_input_and_joins_split_outputs() -> None:
+    pixels = np.arange(256, dtype=np.float32).repeat(4).reshape(1, 1, 32, 32).repeat(3, 1)
+    x = pixels / np.float32(255)  # what prepare() feeds: pixel * (1/255)
+    int8_in = {"shape": np.array([1, 32, 32, 3]), "dtype": np.int8,
+               "quantization": (1 / 255, -128)}  # fmt: skip
+    q = tflite_runner.to_input(x, int8_in)
+    assert q.dtype == np.int8 and q.shape == (1, 32, 32, 3)
+    np.testing.assert_array_equal(q.astype(np.int32), pixels.transpose(0, 2, 3, 1) - 128)
+    boxes = np.array([[[10, 20], [0, 5], [1, 1], [2, 2]]], np.int8)  # [1, 4, N=2]
+    scores = np.array([[[3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14]]], np.int8)
+    details = [{"quantization": (0.01, -128)}, {"quantization": (2.0, 1)}]
+    joined = tflite_runner.from_outputs([scores, boxes], details, rows=10)
+    assert joined.shape == (1, 10, 2)
+    np.testing.assert_allclose(joined[0, 0], [18.0, 38.0])  # (q - 1) * 2
+    np.testing.assert_allclose(joined[0, 4], [1.31, 1.32])  # (q + 128) * 0.01
+    channels_last = np.arange(20, dtype=np.float32).reshape(1, 2, 10)  # [1, N, 4 + nc]
+    back = tflite_runner.from_outputs([channels_last], [{"quantization": (0.0, 0)}], rows=10)
+    np.testing.assert_array_equal(back[0, :, 1], np.arange(10, 20))
+    with pytest.raises(ValueError, match="do not make"):
+        tflite_runner.from_outputs([boxes], details[1:], rows=10)
+
+
+@needs_val
+def test_checks_match_detserve_eval_on_val() -> None:
+    """The export's decode + metrics path gives what `detserve-model eval` gives."""
+    package = load_package(PKG)
+    val = load_val(VAL, package, limit=24)
+    ref, bench = onnxruntime_outputs(package, val.tensors, runs=5)
+    assert ref.shape == (24, 10, 2100) and bench["runs"] == 5 and bench["ms_median"] > 0
+    ours = metrics(val.gt, detections(ref, package.manifest, val.letterboxes, val.image_ids),
+                   package.manifest.classes)
+    theirs = evaluate_package(package, VAL, "onnxruntime", limit=24).metrics
+    assert ours["mAP@0.5"] == pytest.approx(theirs.map50, abs=1e-4)
+    assert ours["mAP@0.5:0.95"] == pytest.approx(theirs.map, abs=1e-4)
+    assert ours["mAP@0.5"] > 0.8
+    noisy = ref.copy()
+    noisy[:, 4:] = 0.0  # no scores: no detections, AP 0
+    none = metrics(val.gt, detections(noisy, package.manifest, val.letterboxes, val.image_ids),
+                   package.manifest.classes)
+    assert none["mAP@0.5"] <= 0.0
+
+
+def _results(variants: dict[str, object]) -> dict[str, object]:
+    m = {"mAP@0.5": 0.9683, "mAP@0.5:0.95": 0.8508, "AP_small@0.5:0.95": None}
+    return {
+        "package": "pkg", "command": "detserve-model export-tflite pkg --out o",
+        "machine": {"cpu": "Some CPU", "logical_cpus": 2},
+        "val": {"dataset": "val.json", "images": 3},
+        "onnxruntime": {"bytes": 100, "bench": {"ms_median": 9.5, "ms_p90": 10.0}, "metrics": m},
+        "variants": variants, "notes": ["a note"], "versions": {"onnx2tf": "1.0"},
+    }
+
+
+def test_report_markdown_lists_each_model() -> None:
+    io = {"inputs": [{"name": "images", "shape": [1, 320, 320, 3], "dtype": "int8",
+                      "quantization": {"scale": 1 / 255, "zero_point": -128}}],
+          "outputs": [{"name": "scores", "shape": [1, 6, 2100], "dtype": "float32",
+                       "quantization": None}]}  # fmt: skip
+    v = {"file": "model_int8.tflite", "bytes": 1234, "io": io, "bench": {"ms_median": 3.25,
+         "ms_p90": 4.0}, "diff_vs_onnxruntime": {"max_abs_diff_boxes_px": 0.5,
+         "max_abs_diff_scores": 2e-5}, "metrics": {"mAP@0.5": 0.95, "mAP@0.5:0.95": 0.8,
+         "AP_small@0.5:0.95": 0.7123}}  # fmt: skip
+    md = report_markdown(_results({"int8": v}))
+    assert "| int8 | 1234 | 3.25, 4.0 | 0.5 | 2e-05 | 0.95 | 0.8 | 0.7123 |" in md
+    assert "| ONNX (onnxruntime) | 100 | 9.5, 10.0 | (reference) | (reference) | 0.9683 | " \
+           "0.8508 | n/a |" in md
+    assert "`images` int8 [1, 320, 320, 3], scale 0.00392157, zero point -128" in md
+    assert "Some CPU, 2 logical CPUs" in md and "- a note" in md
+
+
+@needs_env
+@needs_val
+def test_export_in_the_tflite_env(tmp_path: Path) -> None:
+    """The whole command on 8 val images, INT8 calibrated on 8 scenes."""
+    rc = main(["export-tflite", str(PKG), "--out", str(tmp_path), "--int8", "--n", "8",
+               "--limit", "8", "--runs", "5"])
+    assert rc == 0
+    checks = json.loads((tmp_path / "checks.json").read_text())
+    fp32, int8 = checks["variants"]["fp32"], checks["variants"]["int8"]
+    assert fp32["io"]["inputs"][0]["shape"] == [1, 320, 320, 3]
+    assert fp32["io"]["outputs"][0]["shape"] == [1, 10, 2100]
+    assert fp32["diff_vs_onnxruntime"]["max_abs_diff_boxes_px"] < 1e-2
+    assert fp32["diff_vs_onnxruntime"]["max_abs_diff_scores"] < 1e-3
+    assert [t["dtype"] for t in int8["io"]["inputs"]] == ["int8"]
+    assert sorted(t["shape"][1] for t in int8["io"]["outputs"]) == [4, 6]
+    assert int8["bytes"] < fp32["bytes"] / 2
+    assert (tmp_path / "model_fp32.tflite").is_file() and (tmp_path / "report.md").is_file()
