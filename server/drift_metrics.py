@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
+
+from detserve.server.metric_registrar import Registrar
 
 _ANY_FRONT_END: Final = "livemax"
 
@@ -24,41 +26,36 @@ _ANY_FRONT_END: Final = "livemax"
 class DriftMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
-        self.camera_dead = Gauge(
+        add = Registrar(registry)
+        self.camera_dead = add.gauge(
             "detserve_camera_dead",
             "1 while a camera is in the dead-camera alert (busy, then no detections for "
             "alerts.dead_camera_frames frames or alerts.dead_camera_seconds), else 0; for "
             "camera=\"other\" the number of dead cameras beyond the label limit.",
-            ["model", "camera"], registry=registry, multiprocess_mode=_ANY_FRONT_END,
-        )  # fmt: skip
-        self.dead_alerts = Counter(
+            ["model", "camera"], mode=_ANY_FRONT_END)
+        self.dead_alerts = add.counter(
             "detserve_dead_camera_alerts",
             "Dead-camera alerts started.",
-            ["model"], registry=registry,
-        )  # fmt: skip
-        self.cameras = Gauge(
+            ["model"])
+        self.cameras = add.gauge(
             "detserve_cameras_tracked",
             "Cameras (streams, or callers' detserve-camera-id) the dead-camera rule watches.",
-            ["model"], registry=registry, multiprocess_mode=_ANY_FRONT_END,
-        )  # fmt: skip
-        self.shift = Gauge(
+            ["model"], mode=_ANY_FRONT_END)
+        self.shift = add.gauge(
             "detserve_distribution_shift",
             "PSI of the model's recent frames against its reference, per signal (detections "
             "per frame, max score per frame): < 0.1 no real change, 0.1-0.2 moderate, > 0.2 "
             "significant.",
-            ["model", "signal"], registry=registry, multiprocess_mode=_ANY_FRONT_END,
-        )  # fmt: skip
-        self.shift_alerts = Counter(
+            ["model", "signal"], mode=_ANY_FRONT_END)
+        self.shift_alerts = add.counter(
             "detserve_distribution_shift_alerts",
             "Distribution-shift alerts started (PSI reached alerts.shift_threshold).",
-            ["model", "signal"], registry=registry,
-        )  # fmt: skip
-        self.reference_frames = Gauge(
+            ["model", "signal"])
+        self.reference_frames = add.gauge(
             "detserve_distribution_shift_reference_frames",
             "Frames in the model's shift reference; source=package (detserve-model eval) or "
             "warmup (the model's first frames).",
-            ["model", "source"], registry=registry, multiprocess_mode=_ANY_FRONT_END,
-        )  # fmt: skip
+            ["model", "source"], mode=_ANY_FRONT_END)
 
     def model_seen(self, model: str) -> None:
         """Series that exist from a model's first frame, at zero."""

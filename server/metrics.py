@@ -19,14 +19,12 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
     start_http_server,
 )
 
 from detserve.server.decode_pool import DecodeOutcome
+from detserve.server.metric_registrar import Registrar
 
 # Seconds, spaced for a CPU/GPU detector: sub-millisecond queueing up to multi-second overloads.
 LATENCY_BUCKETS_S = (
@@ -77,108 +75,88 @@ class ServerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        reg = self.registry
-        self.request_latency = Histogram(
+        add = Registrar(self.registry)
+        self.request_latency = add.histogram(
             "detserve_request_latency_seconds",
             "Server-side time from request received to response ready, successful requests.",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=reg,
-        )  # fmt: skip
-        self.queue_time = Histogram(
+            ["model"], LATENCY_BUCKETS_S)
+        self.queue_time = add.histogram(
             "detserve_queue_seconds",
             "Time a request waited in the batcher queue before its batch started.",
-            ["model"], buckets=QUEUE_BUCKETS_S, registry=reg,
-        )  # fmt: skip
-        self.compute_time = Histogram(
+            ["model"], QUEUE_BUCKETS_S)
+        self.compute_time = add.histogram(
             "detserve_compute_seconds",
             "Inference time of the engine batch each request ran in.",
-            ["model"], buckets=COMPUTE_BUCKETS_S, registry=reg,
-        )  # fmt: skip
-        self.batch_size = Histogram(
+            ["model"], COMPUTE_BUCKETS_S)
+        self.batch_size = add.histogram(
             "detserve_batch_size",
             "Engine batch size each request ran in (one observation per request).",
-            ["model"], buckets=BATCH_SIZE_BUCKETS, registry=reg,
-        )  # fmt: skip
-        self.executed_batch_size = Histogram(
+            ["model"], BATCH_SIZE_BUCKETS)
+        self.executed_batch_size = add.histogram(
             "detserve_executed_batch_size",
             "Images the engine computed for the batch each request ran in: detserve_batch_size "
             "plus padding to the engine's compiled sizes (one observation per request).",
-            ["model"], buckets=BATCH_SIZE_BUCKETS, registry=reg,
-        )  # fmt: skip
-        self.rejected = Counter(
+            ["model"], BATCH_SIZE_BUCKETS)
+        self.rejected = add.counter(
             "detserve_rejected",
             "Requests refused on arrival, before any decode, by the admission bound they hit "
             "(queue_full, queue_wait, deadline, pixel_budget) or the caller's rate limit "
             "(rate_limit).",
-            ["model", "reason"], registry=reg,
-        )  # fmt: skip
-        self.auth_refused = Counter(
+            ["model", "reason"])
+        self.auth_refused = add.counter(
             "detserve_auth_refused",
             "Calls refused by token auth: no_token, bad_token (UNAUTHENTICATED), scope "
             "(PERMISSION_DENIED).",
-            ["reason"], registry=reg,
-        )  # fmt: skip
-        self.rejection_time = Histogram(
+            ["reason"])
+        self.rejection_time = add.histogram(
             "detserve_rejection_seconds",
             "Server time from a call's arrival in the servicer to its refusal by admission.",
-            ["model"], buckets=QUEUE_BUCKETS_S, registry=reg,
-        )  # fmt: skip
-        self.decodes = Counter(
-            "detserve_decodes", "Images decoded and letterboxed.", ["model"], registry=reg,
-        )  # fmt: skip
-        self.expired_before_decode = Counter(
+            ["model"], QUEUE_BUCKETS_S)
+        self.decodes = add.counter(
+            "detserve_decodes", "Images decoded and letterboxed.", ["model"])
+        self.expired_before_decode = add.counter(
             "detserve_expired_before_decode",
             "Requests whose deadline passed while they waited for a decode thread; not decoded.",
-            ["model"], registry=reg,
-        )  # fmt: skip
-        self.decoded_after_deadline = Counter(
+            ["model"])
+        self.decoded_after_deadline = add.counter(
             "detserve_decoded_after_deadline",
             "Decodes that finished after the caller's deadline (wasted work).",
-            ["model"], registry=reg,
-        )  # fmt: skip
-        self.requests_in_server = Gauge(
+            ["model"])
+        self.requests_in_server = add.gauge(
             "detserve_requests_in_server",
             "Admitted requests not yet answered (decode, queue and engine run together).",
-            ["model"], registry=reg, multiprocess_mode=_ENGINE_SETS,
-        )  # fmt: skip
-        self.expected_queue_wait = Gauge(
+            ["model"], mode=_ENGINE_SETS)
+        self.expected_queue_wait = add.gauge(
             "detserve_expected_queue_wait_seconds",
             "Admission's estimate of the wait a request arriving now would have.",
-            ["model"], registry=reg, multiprocess_mode=_ENGINE_SETS,
-        )  # fmt: skip
-        self.detections = Histogram(
+            ["model"], mode=_ENGINE_SETS)
+        self.detections = add.histogram(
             "detserve_detections_per_frame",
             "Detections returned per frame.",
-            ["model"], buckets=DETECTION_COUNT_BUCKETS, registry=reg,
-        )  # fmt: skip
-        self.max_score = Histogram(
+            ["model"], DETECTION_COUNT_BUCKETS)
+        self.max_score = add.histogram(
             "detserve_max_score_per_frame",
             "Highest detection score per frame, for frames with at least one detection.",
-            ["model"], buckets=SCORE_BUCKETS, registry=reg,
-        )  # fmt: skip
-        self.input_megapixels = Histogram(
+            ["model"], SCORE_BUCKETS)
+        self.input_megapixels = add.histogram(
             "detserve_input_megapixels",
             "Input image size in megapixels (width * height / 1e6).",
-            ["model"], buckets=MEGAPIXEL_BUCKETS, registry=reg,
-        )  # fmt: skip
-        self.input_resolution = Counter(
+            ["model"], MEGAPIXEL_BUCKETS)
+        self.input_resolution = add.counter(
             "detserve_input_resolution",
             "Input images by the tier of their longer side.",
-            ["model", "max_side"], registry=reg,
-        )  # fmt: skip
-        self.requests = Counter(
+            ["model", "max_side"])
+        self.requests = add.counter(
             "detserve_requests",
             "Requests (unary calls and stream frames) by model and gRPC status code.",
-            ["model", "code"], registry=reg,
-        )  # fmt: skip
-        self.queue_depth = Gauge(
+            ["model", "code"])
+        self.queue_depth = add.gauge(
             "detserve_queue_depth", "Requests waiting in the batcher queue.",
-            ["model"], registry=reg, multiprocess_mode=_ENGINE_SETS,
-        )  # fmt: skip
-        self.dropped_frames = Counter(
+            ["model"], mode=_ENGINE_SETS)
+        self.dropped_frames = add.counter(
             "detserve_stream_dropped_frames",
             "Stream frames dropped by the 'latest' policy.",
-            ["model"], registry=reg,
-        )  # fmt: skip
+            ["model"])
         self._http: _HttpEndpoint | None = None
 
     def observe_request(

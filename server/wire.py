@@ -1,10 +1,11 @@
-"""The Detector service on a gRPC server, with request parsing that cannot fail the call.
+"""The server's gRPC services, with request parsing that cannot fail the call.
 
-The generated `add_DetectorServicer_to_server` parses requests with `FromString`: bytes that are
-not a valid message (a corrupt wire format, a string field that is not UTF-8) raise inside
+The generated `add_*Servicer_to_server` functions parse requests with `FromString`: bytes that
+are not a valid message (a corrupt wire format, a string field that is not UTF-8) raise inside
 gRPC, and the caller gets UNKNOWN "Unexpected <class 'DecodeError'>: ...". Here such bytes
 become an `Unparsable`, which the servicer answers with INVALID_ARGUMENT (one stream frame's
-status, on a stream, which goes on).
+status, on a stream, which goes on). This module adds the Detector service; the Open Inference
+Protocol's (oip/wire.py) uses the same `parser` and `add_service`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ M = TypeVar("M", bound=Message)
 
 @dataclass(frozen=True)
 class Unparsable:
-    """A request whose bytes did not parse; the fields the request path reads of any request
-    (ids, model) read as unset."""
+    """A request whose bytes did not parse; the fields the Detector request path reads of any
+    request (ids, model) read as unset."""
 
     type_name: str
     error: str
@@ -70,5 +71,12 @@ def add_detector_service(servicer: Any, server: grpc.aio.Server) -> None:
             servicer.GetModelInfo, parser(pb.GetModelInfoRequest),
             pb.ModelInfo.SerializeToString),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
+    add_service(server, SERVICE, handlers)
+
+
+def add_service(server: grpc.aio.Server, service: str,
+                handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    """`handlers` (method name -> handler) as `service`'s methods on `server`, registered both
+    ways the generated functions register them (generic, and by method for the fast path)."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)

@@ -30,9 +30,9 @@ from detserve.server.oip.guard import OipGuard
 from detserve.server.oip.infer import InferCall, deadline_of, infer, record_refusal, resolve
 from detserve.server.oip.statistics import Statistics
 from detserve.server.oip.tensors import binary_output, images_of, marks_final, options_of
-from detserve.server.oip.wire import Unparsed
 from detserve.server.service import DetectorService
 from detserve.server.tokens import Grant
+from detserve.server.wire import Unparsable
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -167,26 +167,26 @@ class InferenceService(ip_grpc.GRPCInferenceServiceServicer):
                 raise
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[ip.ModelInferRequest
-                                                                     | Unparsed],
+                                                                     | Unparsable],
                                context: Context) -> AsyncIterator[ip.ModelStreamInferResponse]:
         async with self.parts.detector.admitted(context):
             async for reply in self._stream(request_iterator, context):
                 yield reply
 
-    async def _answer(self, request: ip.ModelInferRequest | Unparsed, context: Context,
+    async def _answer(self, request: ip.ModelInferRequest | Unparsable, context: Context,
                       deadline: float | None) -> ip.ModelStreamInferResponse:
         try:
-            if isinstance(request, Unparsed):
+            if isinstance(request, Unparsable):
                 raise request.refusal()
             response = await self._infer(request, context, deadline)
         except RequestError as exc:
             message = f"{exc.code.name}: {exc.message}"
-            if not isinstance(request, Unparsed) and request.id:
+            if not isinstance(request, Unparsable) and request.id:
                 message = f"[request id: {request.id}] {message}"
             return ip.ModelStreamInferResponse(error_message=message)
         return ip.ModelStreamInferResponse(infer_response=response)
 
-    async def _stream(self, requests: AsyncIterator[ip.ModelInferRequest | Unparsed],
+    async def _stream(self, requests: AsyncIterator[ip.ModelInferRequest | Unparsable],
                       context: Context
                       ) -> AsyncIterator[ip.ModelStreamInferResponse]:
         """Up to stream_max_in_flight requests run at once; replies leave in request order."""

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from detserve.server.metric_registrar import Registrar
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -38,29 +40,26 @@ class WorkerMetrics:
     """Written by the engine process."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        reg = self.registry = registry if registry is not None else CollectorRegistry()
-        self.slots_in_use = Gauge(
+        self.registry = registry if registry is not None else CollectorRegistry()
+        add = Registrar(self.registry)
+        self.slots_in_use = add.gauge(
             "detserve_worker_slots_in_use",
             "Shared-memory slots held by a front end's requests in the engine process "
             "(admitted, not yet answered).",
-            ["worker"], registry=reg, multiprocess_mode="mostrecent",
-        )  # fmt: skip
-        self.slots_freed = Counter(
+            ["worker"], mode="mostrecent")
+        self.slots_freed = add.counter(
             "detserve_worker_slots_freed",
             "Slots of a front end that died, freed by the engine process with the requests "
             "they held (dropped: their callers' connections died with it).",
-            ["worker"], registry=reg,
-        )  # fmt: skip
-        self.requests = Counter(
+            ["worker"])
+        self.requests = add.counter(
             "detserve_worker_requests",
             "Requests each front end brought to admission (admitted or refused): how evenly "
             "the kernel spreads connections over the front ends.",
-            ["worker"], registry=reg,
-        )  # fmt: skip
-        self.connected = Gauge(
+            ["worker"])
+        self.connected = add.gauge(
             "detserve_workers_connected", "Front ends connected to the engine process.",
-            registry=reg, multiprocess_mode="mostrecent",
-        )  # fmt: skip
+            mode="mostrecent")
 
 
 class _Restarts(Collector):

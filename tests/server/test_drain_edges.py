@@ -17,42 +17,12 @@ from typing import Any
 import grpc
 import pytest
 
-from detserve.protos import detection_pb2 as pb
 from detserve.server.batcher import Batcher, BatchingConfig
 
-from .conftest import (
-    WAIT_S,
-    Running,
-    blocks_image,
-    blocks_model,
-    boxes_of,
-    request_for,
-    server_config,
-    until,
-)
+from .conftest import WAIT_S, Running, blocks_model, boxes_of, request_for, server_config, until
+from .drain_helpers import GOOD, GOOD_BOXES, drained_stream
 
-GOOD = blocks_image(64, 64, [(32, 32, 1)])
-GOOD_BOXES = [("green", 1.0, [32.0, 32.0, 64.0, 64.0])]
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-
-
-async def _drained_stream(run: Running, sent: int, policy: str
-                          ) -> tuple[list[pb.DetectResponse], grpc.aio.AioRpcError]:
-    """`sent` frames written, the first in the (gated) engine, then the drain: the replies and
-    the status the stream ended with."""
-    call = run.stub.DetectStream(metadata=(("detserve-stream-policy", policy),))
-    for i in range(sent):
-        await call.write(request_for(GOOD, frame_id=i))
-    assert await asyncio.wait_for(run.engines.first.entered.get(), WAIT_S) == 1
-    stopping = asyncio.create_task(run.server.stop(grace_s=WAIT_S))
-    await until(lambda: run.server.service.draining)
-    run.engines.first.gate.set()
-    replies: list[pb.DetectResponse] = []
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for reply in call:
-            replies.append(reply)
-    await asyncio.wait_for(stopping, WAIT_S)
-    return replies, err.value
 
 
 async def test_drained_block_stream_is_unavailable_counting_its_unprocessed_frames(
@@ -60,7 +30,7 @@ async def test_drained_block_stream_is_unavailable_counting_its_unprocessed_fram
 ) -> None:
     config = server_config(blocks_model(tiny_package, max_batch_size=1), stream_max_in_flight=1)
     run: Running = await start(config, open_gate=False)
-    replies, error = await _drained_stream(run, sent=5, policy="block")
+    replies, error = await drained_stream(run, sent=5, policy="block")
     # Frame 0 was being processed, so it is answered; frames 1-4 were sent and never read.
     assert [(r.frame_id, r.status.code, boxes_of(r)) for r in replies] == [(0, 0, GOOD_BOXES)]
     assert error.code() == UNAVAILABLE
@@ -71,7 +41,7 @@ async def test_drained_block_stream_is_unavailable_counting_its_unprocessed_fram
 async def test_drained_latest_stream_is_unavailable_too(start: Callable[..., Any],
                                                         tiny_package: Path) -> None:
     run: Running = await start(server_config(blocks_model(tiny_package)), open_gate=False)
-    replies, error = await _drained_stream(run, sent=1, policy="latest")
+    replies, error = await drained_stream(run, sent=1, policy="latest")
     assert [(r.frame_id, boxes_of(r)) for r in replies] == [(0, GOOD_BOXES)]
     assert error.code() == UNAVAILABLE
     assert "0 frames sent after that were not processed" in (error.details() or "")

@@ -17,19 +17,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from detserve.protos import detection_pb2 as pb
 from detserve.server.app import ServerStartError, start_server
 
-from .conftest import (
-    WAIT_S,
-    Running,
-    blocks_image,
-    blocks_model,
-    boxes_of,
-    request_for,
-    server_config,
-    until,
-)
+from .conftest import WAIT_S, Running, blocks_model, boxes_of, request_for, server_config, until
+from .drain_helpers import GOOD, GOOD_BOXES, drained_stream
 
-GOOD = blocks_image(64, 64, [(32, 32, 1)])
-GOOD_BOXES = [("green", 1.0, [32.0, 32.0, 64.0, 64.0])]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -147,21 +137,11 @@ async def test_drain_ends_open_streams_after_their_pending_frames(
     start: Callable[..., Any], tiny_package: Path
 ) -> None:
     run: Running = await start(server_config(blocks_model(tiny_package)), open_gate=False)
-    call = run.stub.DetectStream()
-    await call.write(request_for(GOOD, frame_id=10))
-    assert await asyncio.wait_for(run.engines.first.entered.get(), WAIT_S) == 1
-    stopping = asyncio.create_task(run.server.stop(grace_s=WAIT_S))
-    await until(lambda: run.server.service.draining)
-    run.engines.first.gate.set()
-    replies: list[pb.DetectResponse] = []
-    with pytest.raises(grpc.aio.AioRpcError) as err:  # ends without the client half-closing
-        async for reply in call:
-            replies.append(reply)
-    assert [(r.frame_id, r.status.code, boxes_of(r)) for r in replies] == [(10, 0, GOOD_BOXES)]
+    replies, error = await drained_stream(run, sent=1)  # the client never half-closes
+    assert [(r.frame_id, r.status.code, boxes_of(r)) for r in replies] == [(0, 0, GOOD_BOXES)]
     # The client had not ended the stream: it learns the server cut it, and that it lost none.
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "0 frames sent after that were not processed" in (err.value.details() or "")
-    await asyncio.wait_for(stopping, WAIT_S)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "0 frames sent after that were not processed" in (error.details() or "")
 
 
 async def test_cancelled_stream_releases_its_frames(start: Callable[..., Any],
