@@ -14,8 +14,11 @@ from detserve.models.extras import explain
 
 
 def register(subparsers: Any) -> None:
+    from detserve.models.cli_qat import register as register_qat
+
     _register_add_nms(subparsers)
     _register_quantize(subparsers)
+    register_qat(subparsers)  # quantize-qat: INT8 by quantization-aware fine-tuning
     _register_compare(subparsers)
 
 
