@@ -33,64 +33,22 @@ import numpy.typing as npt
 
 from detserve.engines.batch_plan import BatchPlan, plan_batches, split_rows
 from detserve.engines.manifest import Manifest, ModelPackage
+from detserve.engines.openvino_precision import (
+    PRECISIONS,
+    PrecisionChoice,
+    choose_precision,
+    cpu_capabilities,
+    float_precision,
+    manifest_precision,
+)
 from detserve.engines.preprocess import pixels_to_tensor
+
+__all__ = ["HINTS", "PRECISIONS", "OpenVinoEngine", "PrecisionChoice", "choose_precision",
+           "cpu_capabilities"]
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "f32", "bf16", "int8")
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
-
-
-@dataclasses.dataclass(frozen=True)
-class PrecisionChoice:
-    """What the engine runs at, and why, when it differs from what was asked."""
-
-    requested: str
-    effective: str
-    note: str = ""
-
-
-def choose_precision(
-    requested: str, package_precision: str, capabilities: Sequence[str]
-) -> PrecisionChoice:
-    """Resolve a requested precision against the package and the CPU's capabilities.
-
-    `auto` means the fastest precision the package and CPU allow: the package's own INT8, else
-    BF16 where the CPU reports it, else FP32. BF16 asked for on a CPU without it falls back to FP32
-    and says so, rather than letting OpenVINO emulate it slowly.
-    """
-    if requested not in PRECISIONS:
-        raise ValueError(f"openvino precision must be one of {list(PRECISIONS)}, got {requested!r}")
-    if requested == "int8" and package_precision != "int8":
-        raise ValueError(
-            "openvino precision 'int8' needs an INT8 package (NNCF IR or QDQ ONNX from "
-            f"`detserve-model quantize`), but this package's precision is {package_precision!r}"
-        )
-    if package_precision == "int8":
-        return PrecisionChoice(requested, "int8")
-    has_bf16 = "BF16" in capabilities
-    if requested == "auto":
-        return PrecisionChoice(requested, "bf16" if has_bf16 else "f32")
-    if requested == "bf16" and not has_bf16:
-        return PrecisionChoice(
-            requested, "f32", "bf16 requested but this CPU does not report BF16; running f32"
-        )
-    return PrecisionChoice(requested, requested)
-
-
-def _float_precision(effective: str) -> str:
-    """The CPU plugin's precision for ops that are not quantized.
-
-    An INT8 package keeps its decode tail float on purpose; left to itself the plugin would run
-    that tail in bf16 on a BF16 CPU (box coordinates to 640 px with an 8-bit mantissa). Measured
-    on a random-weight demo detector at 320: f32 here was no slower, and the median box error of
-    confident anchors against FP32 fell from 0.176 to 0.127 px.
-    """
-    return "f32" if effective == "int8" else effective
-
-
-def _manifest_precision(effective: str) -> str:
-    return {"f32": "fp32", "bf16": "bf16", "int8": "int8"}[effective]
 
 
 _COMPILED: dict[tuple[Any, ...], Any] = {}
@@ -137,7 +95,7 @@ class OpenVinoEngine:
             log.warning("openvino: %s", self._choice.note)
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": performance_hint,
-            "INFERENCE_PRECISION_HINT": _float_precision(self._choice.effective),
+            "INFERENCE_PRECISION_HINT": float_precision(self._choice.effective),
         }
         if num_threads is not None:
             config["INFERENCE_NUM_THREADS"] = num_threads
@@ -176,7 +134,7 @@ class OpenVinoEngine:
         if self._choice.note:
             meta["precision_note"] = self._choice.note
         self._manifest = dataclasses.replace(
-            package.manifest, precision=_manifest_precision(self._choice.effective), metadata=meta
+            package.manifest, precision=manifest_precision(self._choice.effective), metadata=meta
         )
         self.config = dict(config)
         # Infer-request runs per batch size (warm-up included): what has run, for health checks.
@@ -332,11 +290,6 @@ class OpenVinoEngine:
         self._request = None
         self._static = {}
         self._float = None
-
-
-def cpu_capabilities(core: Any, device: str) -> list[str]:
-    """What the device reports in OPTIMIZATION_CAPABILITIES (e.g. FP32, BF16, INT8)."""
-    return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
 
 
 def _costs_s(costs_ms: Mapping[int, float] | None, sizes: Sequence[int]) -> dict[int, float]:

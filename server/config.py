@@ -1,14 +1,13 @@
 """Server configuration: YAML file, then environment (`DETSERVE_*`), then CLI flags.
 
 Precedence is flags > env > file > defaults. Every validation error names the field and the value
-it got. Model package paths that are relative are resolved against the config file's directory;
-`builtin:<dir>` names a package shipped inside `detserve.models` (`models/packages/<dir>`).
+it got (config_values.py parses each value; ConfigError is re-exported here). Model package
+paths that are relative are resolved against the config file's directory; `builtin:<dir>` names
+a package shipped inside `detserve.models` (`models/packages/<dir>`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -19,16 +18,29 @@ import yaml
 
 from detserve.server.alerts_config import AlertsConfig, AlertsConfigError, parse_alerts
 from detserve.server.batching_config import BatchingConfig
+from detserve.server.config_values import (
+    ConfigError,
+    as_bool,
+    as_float,
+    as_int,
+    as_mapping,
+    as_str,
+    check_keys,
+    optional_port,
+    unset,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG", "STREAM_POLICIES", "ConfigError", "ModelConfig", "ServerConfig",
+    "env_overrides", "load_config", "load_file", "parse_batching", "parse_config",
+    "parse_model", "resolve_package", "validate",
+]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 BUILTIN_PREFIX = "builtin:"
 STREAM_POLICIES = ("block", "latest")
 ENV_PREFIX = "DETSERVE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class ConfigError(ValueError):
-    """A configuration field is missing or has a bad value."""
 
 
 @dataclass(frozen=True)
@@ -136,58 +148,18 @@ def resolve_package(value: Any, base_dir: Path, where: str) -> Path:
     return path if path.is_absolute() else (base_dir / path).resolve()
 
 
-def _int(value: Any, where: str, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = int(value)
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    if not ok or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ConfigError(f"config field '{where}' must be an integer {bound}, got {value!r}")
-    return int(value)
-
-
-def _float(value: Any, where: str, minimum: float) -> float:
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"config field '{where}' must be a number >= {minimum}, got {value!r}")
-    return float(value)
-
-
-def _bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no",
-                                                      "off"):
-        return value.lower() in ("1", "true", "yes", "on")
-    raise ConfigError(f"config field '{where}' must be true or false, got {value!r}")
-
-
-def _optional_port(value: Any, where: str) -> int | None:
-    if value is None or (isinstance(value, str) and value.lower() in ("", "none", "off")):
-        return None
-    return _int(value, where, 0, 65535)
-
-
 SECURITY_PATHS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_token_file")
 SECURITY_FIELDS = (*SECURITY_PATHS, "auth_tokens", "reflection", "rate_limit_rps",
                    "rate_limit_burst")
-
-
-def _unset(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.lower() in ("", "none", "off"))
 
 
 def _security_scalar(name: str, value: Any) -> Any:
     """Paths are taken as given (relative ones from the working directory); the files are read
     at start (server/security.py)."""
     if name in SECURITY_PATHS:
-        return None if _unset(value) else Path(_str(str(value), name)).expanduser()
+        return None if unset(value) else Path(as_str(str(value), name)).expanduser()
     if name == "reflection":
-        return _bool(value, name)
+        return as_bool(value, name)
     if name == "auth_tokens":  # never echoed: the value is secret
         if value is None or value == "":
             return None
@@ -195,73 +167,51 @@ def _security_scalar(name: str, value: Any) -> Any:
             raise ConfigError("config field 'auth_tokens' must be a string of tokens")
         return value
     if name == "rate_limit_rps":
-        return 0.0 if _unset(value) else _float(value, name, 0.0)
-    return None if _unset(value) else _int(value, name, 1)  # rate_limit_burst
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"config field '{where}' must be a non-empty string, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"config field '{where}' must be a mapping, got {value!r}")
-    return value
-
-
-def _check_keys(raw: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
-    unknown = sorted(set(raw) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"config {where} has unknown field(s) {unknown}; allowed: {sorted(allowed)}"
-        )
+        return 0.0 if unset(value) else as_float(value, name, 0.0)
+    return None if unset(value) else as_int(value, name, 1)  # rate_limit_burst
 
 
 def parse_batching(raw: Any, where: str) -> BatchingConfig:
-    raw = _mapping(raw, where)
+    raw = as_mapping(raw, where)
     keys = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size",
             "instances", "max_queue_wait_ms", "adaptive_window")
-    _check_keys(raw, keys, f"'{where}'")
+    check_keys(raw, keys, f"'{where}'")
     d = BatchingConfig()
-    max_batch = _int(raw.get("max_batch_size", d.max_batch_size), f"{where}.max_batch_size", 1)
+    max_batch = as_int(raw.get("max_batch_size", d.max_batch_size), f"{where}.max_batch_size", 1)
     preferred = raw.get("preferred_batch_sizes", list(d.preferred_batch_sizes)) or []
     if not isinstance(preferred, list):
         raise ConfigError(
             f"config field '{where}.preferred_batch_sizes' must be a list, got {preferred!r}"
         )
     sizes = tuple(
-        _int(p, f"{where}.preferred_batch_sizes", 1, max_batch) for p in preferred
+        as_int(p, f"{where}.preferred_batch_sizes", 1, max_batch) for p in preferred
     )
-    delay_ms = _float(
+    delay_ms = as_float(
         raw.get("max_queue_delay_ms", d.max_queue_delay_s * 1000), f"{where}.max_queue_delay_ms",
         0.0,
     )
     wait_raw = raw.get("max_queue_wait_ms")
-    wait_ms = None if wait_raw is None else _float(wait_raw, f"{where}.max_queue_wait_ms", 0.0)
+    wait_ms = None if wait_raw is None else as_float(wait_raw, f"{where}.max_queue_wait_ms", 0.0)
     try:
         return BatchingConfig(
             max_queue_wait_s=wait_ms / 1000.0 if wait_ms else None,  # 0 or null: no bound
-            adaptive_window=_bool(raw.get("adaptive_window", d.adaptive_window),
+            adaptive_window=as_bool(raw.get("adaptive_window", d.adaptive_window),
                                   f"{where}.adaptive_window"),
             max_batch_size=max_batch,
             max_queue_delay_s=delay_ms / 1000.0,
             preferred_batch_sizes=sizes,
-            max_queue_size=_int(raw.get("max_queue_size", d.max_queue_size),
+            max_queue_size=as_int(raw.get("max_queue_size", d.max_queue_size),
                                 f"{where}.max_queue_size", 1),
-            instances=_int(raw.get("instances", d.instances), f"{where}.instances", 1),
+            instances=as_int(raw.get("instances", d.instances), f"{where}.instances", 1),
         )
     except ValueError as exc:
         raise ConfigError(f"config field '{where}': {exc}") from exc
 
 
 def parse_model(raw: Any, where: str, base_dir: Path) -> ModelConfig:
-    raw = _mapping(raw, where)
+    raw = as_mapping(raw, where)
     keys = ("name", "variant", "package", "engine", "engine_options", "batching", "default")
-    _check_keys(raw, keys, f"'{where}'")
+    check_keys(raw, keys, f"'{where}'")
     if "package" not in raw:
         raise ConfigError(f"config field '{where}.package' is required but missing")
     name = raw.get("name")
@@ -278,10 +228,10 @@ def parse_model(raw: Any, where: str, base_dir: Path) -> ModelConfig:
         package=resolve_package(raw["package"], base_dir, f"{where}.package"),
         name=None if name is None else str(name),
         variant=None if variant is None else str(variant),
-        engine=None if engine is None else _str(engine, f"{where}.engine"),
-        engine_options=dict(_mapping(raw.get("engine_options"), f"{where}.engine_options")),
+        engine=None if engine is None else as_str(engine, f"{where}.engine"),
+        engine_options=dict(as_mapping(raw.get("engine_options"), f"{where}.engine_options")),
         batching=parse_batching(batching, f"{where}.batching"),
-        default=_bool(raw.get("default", False), f"{where}.default"),
+        default=as_bool(raw.get("default", False), f"{where}.default"),
         max_batch_size_given=isinstance(batching, Mapping) and "max_batch_size" in batching,
     )
 
@@ -291,22 +241,22 @@ def _scalar(name: str, value: Any) -> Any:
     if name in SECURITY_FIELDS:
         return _security_scalar(name, value)
     if name == "host":
-        return _str(value, where)
+        return as_str(value, where)
     if name == "port":
-        return _int(value, where, 0, 65535)
+        return as_int(value, where, 0, 65535)
     if name in ("metrics_port", "rest_port"):
-        return _optional_port(value, where)
+        return optional_port(value, where)
     if name in ("max_message_bytes", "max_pixels", "max_pixels_in_flight", "max_concurrent_rpcs",
                 "stream_max_in_flight", "stream_max_frames_held", "workers"):
-        return _int(value, where, 1)
+        return as_int(value, where, 1)
     if name == "decode_threads":
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "auto")):
             return None
-        return _int(value, where, 1)
+        return as_int(value, where, 1)
     if name in ("drain_grace_s", "max_connection_age_s", "max_connection_age_grace_s"):
-        return _float(value, where, 0.0)
+        return as_float(value, where, 0.0)
     if name in ("log_requests", "jpeg_reduced_decode"):
-        return _bool(value, where)
+        return as_bool(value, where)
     if name == "log_level":
         if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
             raise ConfigError(
@@ -325,8 +275,8 @@ def _scalar(name: str, value: Any) -> Any:
 
 def parse_config(raw: Any, base_dir: Path) -> ServerConfig:
     """Validate a config mapping (as read from YAML)."""
-    raw = _mapping(raw, "<top level>")
-    _check_keys(raw, (*SCALAR_FIELDS, "models", "alerts"), "file")
+    raw = as_mapping(raw, "<top level>")
+    check_keys(raw, (*SCALAR_FIELDS, "models", "alerts"), "file")
     scalars = {k: _scalar(k, v) for k, v in raw.items() if k not in ("models", "alerts")}
     try:
         alerts = parse_alerts(raw.get("alerts"))

@@ -1,136 +1,51 @@
 """The served models: per `name@variant` its engines (one per batcher instance), batcher, manifest.
 
-`run_batch` runs in a batcher worker thread: it takes a free engine, stacks the batch, runs the
-engine and decodes the outputs with the engine's own manifest (an engine may change the output
-format, e.g. GPU NMS engines emit end2end). A decode failure fails only its item; an engine
-failure raises, so the batcher fails that batch (INTERNAL) and lives on.
+A batch's run on an engine is engine_pool.py's; loading and warming a model's engines is
+model_loading.py's (both re-exported here, where callers have imported them from).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
-import inspect
-import queue
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 
-from detserve.engines.base import DecodeParams, Engine, Letterbox
-from detserve.engines.batch_plan import executed_batch_size
-from detserve.engines.decode import decode_batch
-from detserve.engines.detections import Detections
-from detserve.engines.manifest import (
-    Manifest,
-    ManifestError,
-    ModelPackage,
-    default_engine_kind,
-    load_package,
-)
-from detserve.engines.pipeline import infer_pixels
-from detserve.engines.warmup import warm_up
+from detserve.engines.base import Engine
+from detserve.engines.manifest import Manifest
 from detserve.server.admission import InServer, ModelAdmission, ServiceTimes
 from detserve.server.batcher import Batcher
-from detserve.server.batching_config import BatchingConfig
 from detserve.server.config import ConfigError, ModelConfig, ServerConfig
+from detserve.server.engine_pool import BatchItem, EnginePool, ItemResult, run_on_engine
 from detserve.server.errors import RequestError, clip, fault_detail
 from detserve.server.logs import get_logger
+from detserve.server.model_loading import (
+    EngineFactory,
+    Loaded,
+    batch_sizes_for,
+    default_engine_factory,
+    engine_class,
+    engine_options,
+    fit_batching,
+    load_model,
+    warm_model,
+)
 
-EngineFactory = Callable[[ModelPackage, str, Mapping[str, Any]], Engine]
+__all__ = [
+    "BatchItem", "EngineFactory", "EnginePool", "ItemResult", "Loaded", "ModelRegistry",
+    "ServedModel", "batch_sizes_for", "default_engine_factory", "engine_class",
+    "engine_options", "fit_batching", "run_on_engine",
+]
 
 
 def _log() -> Any:
     # Fetched per use: a logger bound at import would keep the logging setup of that moment,
     # not the one serve() configures.
     return get_logger("detserve.server.registry")
-
-
-def default_engine_factory(package: ModelPackage, kind: str, options: Mapping[str, Any]) -> Engine:
-    from detserve.engines.factory import create_engine
-
-    return create_engine(package, kind, options)
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One prepared image waiting for the engine."""
-
-    pixels: npt.NDArray[np.uint8]  # [H, W, 3] letterboxed, in the manifest's colour order
-    letterbox: Letterbox
-    params: DecodeParams
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    detections: Detections
-    inference_s: float  # engine run of the whole batch
-    postprocess_s: float  # output decoding of the whole batch
-    executed_batch_size: int  # images the engine computed for the batch: formed size + padding
-
-
-class EnginePool:
-    """Engines shared by the batcher's worker threads: each run borrows a free one."""
-
-    def __init__(self, engines: Sequence[Engine]) -> None:
-        if not engines:
-            raise ValueError("an engine pool needs at least one engine, got 0")
-        self.engines = list(engines)
-        self._free: queue.SimpleQueue[Engine] = queue.SimpleQueue()
-        for engine in self.engines:
-            self._free.put(engine)
-
-    def run_batch(self, items: list[BatchItem]) -> list[ItemResult | Exception]:
-        engine = self._free.get()
-        try:
-            return run_on_engine(engine, items)
-        finally:
-            self._free.put(engine)
-
-    def close(self) -> None:
-        for engine in self.engines:
-            engine.close()
-
-
-def _decode_each(
-    outputs: Sequence[npt.NDArray[Any]], manifest: Manifest, items: Sequence[BatchItem]
-) -> list[Detections | Exception]:
-    """Decode item by item, so one bad item does not fail its neighbours."""
-    results: list[Detections | Exception] = []
-    for i, item in enumerate(items):
-        try:
-            sliced = [out[i : i + 1] for out in outputs]
-            results.append(decode_batch(sliced, manifest, [item.letterbox], [item.params])[0])
-        except Exception as exc:
-            results.append(exc)
-    return results
-
-
-def run_on_engine(engine: Engine, items: list[BatchItem]) -> list[ItemResult | Exception]:
-    batch = np.stack([item.pixels for item in items])
-    start = time.perf_counter()
-    outputs = infer_pixels(engine, batch)  # raising here fails the whole batch: INTERNAL
-    inferred = time.perf_counter()
-    manifest = engine.manifest
-    decoded: list[Detections | Exception]
-    try:
-        decoded = list(decode_batch(
-            outputs, manifest, [i.letterbox for i in items], [i.params for i in items]
-        ))
-    except Exception:
-        decoded = _decode_each(outputs, manifest, items)
-    post_s = time.perf_counter() - inferred
-    infer_s = inferred - start
-    executed = executed_batch_size(engine, len(items))
-    return [
-        d if isinstance(d, Exception) else ItemResult(d, infer_s, post_s, executed)
-        for d in decoded
-    ]
 
 
 @dataclass
@@ -147,119 +62,6 @@ class ServedModel:
     is_default: bool = False
     # Batch sizes each engine ran once before the model was served (engines/warmup.py).
     warmed_batch_sizes: tuple[int, ...] = ()
-
-
-def _variant_of(manifest: Manifest) -> str:
-    w, h = manifest.input_width, manifest.input_height
-    return str(w) if w == h else f"{w}x{h}"
-
-
-def engine_class(kind: str) -> Callable[..., Any] | None:
-    """The constructor behind an engine kind, or None where it is unknown or cannot import
-    (create_engine then reports that, naming the kind)."""
-    from detserve.engines.factory import ENGINE_KINDS
-
-    if kind not in ENGINE_KINDS:
-        return None
-    module_name, class_name = ENGINE_KINDS[kind]
-    try:
-        constructor: Callable[..., Any] = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        return None
-    return constructor
-
-
-def batch_sizes_for(batching: BatchingConfig) -> tuple[int, ...]:
-    """The batch sizes an engine with one artefact per size (a CUDA graph) should build: powers
-    of two below the maximum, the preferred sizes and the maximum. A batch runs padded up to the
-    next one, so small batches stay cheap and no size the batcher forms is left out."""
-    top = batching.max_batch_size
-    powers = {1 << i for i in range(top.bit_length()) if 1 << i < top}
-    return tuple(sorted(powers | set(batching.preferred_batch_sizes) | {top}))
-
-
-def engine_options(
-    cfg: ModelConfig, constructor: Callable[..., Any] | None
-) -> dict[str, Any]:
-    """`cfg.engine_options`, plus the batching settings the engine's constructor takes by name
-    and the options do not set: engines that build per-batch-size artefacts (TensorRT
-    optimization profiles, CUDA graphs) must build them for the batches this server forms."""
-    options = dict(cfg.engine_options)
-    if constructor is None:
-        return options
-    batching = cfg.batching
-    derived: dict[str, Any] = {
-        "max_batch_size": batching.max_batch_size,
-        "preferred_batch_sizes": list(batching.preferred_batch_sizes),
-        "batch_sizes": list(batch_sizes_for(batching)),  # torch-cuda: one CUDA graph each
-    }
-    accepted = inspect.signature(constructor).parameters
-    for name, value in derived.items():
-        if name in accepted and name not in options:
-            options[name] = value
-    return options
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """A model's engines and its effective config: the engine kind resolved from the package
-    where none was named, the batching fitted to what the model takes."""
-
-    config: ModelConfig
-    engines: list[Engine]
-    lowered_from: int | None = None  # the default max_batch_size the model could not take
-
-
-def fit_batching(cfg: ModelConfig, limit: int, where: str) -> ModelConfig:
-    """`cfg` with max_batch_size at most `limit` (the model's input.max_batch_size): a chosen
-    size above it is an error, the default one is lowered to it."""
-    b = cfg.batching
-    if b.max_batch_size <= limit:
-        return cfg
-    if cfg.max_batch_size_given:
-        raise ConfigError(
-            f"config field '{where}.batching.max_batch_size' is {b.max_batch_size}, "
-            f"above the model's input.max_batch_size {limit}; the model takes batches of at "
-            f"most {limit} (--max-batch-size or batching.max_batch_size {limit} or less)"
-        )
-    sizes = tuple(p for p in b.preferred_batch_sizes if p <= limit)
-    return replace(cfg, batching=replace(b, max_batch_size=limit, preferred_batch_sizes=sizes))
-
-
-def _load(index: int, cfg: ModelConfig, factory: EngineFactory) -> Loaded:
-    where = f"models[{index}]"
-    try:
-        package = load_package(cfg.package)
-    except ManifestError as exc:
-        raise ConfigError(f"config field '{where}.package' ({cfg.package}): {exc}") from exc
-    fitted = fit_batching(cfg, package.manifest.max_batch_size, where)
-    kind = cfg.engine or default_engine_kind(package.manifest)
-    fitted = replace(fitted, engine=kind)
-    options = engine_options(fitted, engine_class(kind))
-    try:
-        engines = [factory(package, kind, options) for _ in range(fitted.batching.instances)]
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise ConfigError(
-            f"config field '{where}.engine' ({kind!r}, options "
-            f"{options}) could not create an engine: {exc}"
-        ) from exc
-    lowered = cfg.batching.max_batch_size if fitted.batching != cfg.batching else None
-    return Loaded(fitted, engines, lowered)
-
-
-def _warm(where: str, cfg: ModelConfig, engines: Sequence[Engine]) -> tuple[int, ...]:
-    """One run of each batch size every engine will run (its compiled sizes, else the sizes
-    the batcher forms), before the model is served."""
-    ran: tuple[int, ...] = ()
-    for engine in engines:
-        try:
-            ran = warm_up(engine, batch_sizes_for(cfg.batching))
-        except Exception as exc:  # any engine failure on zeros means the model cannot serve
-            raise ConfigError(
-                f"config field '{where}' ({cfg.package}): the {cfg.engine} engine failed its "
-                f"warm-up run: {exc}"
-            ) from exc
-    return ran
 
 
 FaultListener = Callable[[str, BaseException], None]
@@ -297,7 +99,7 @@ class ModelRegistry:
         served: list[ServedModel] = []
         try:
             for index, cfg in enumerate(config.models):
-                loaded = await asyncio.to_thread(_load, index, cfg, factory)
+                loaded = await asyncio.to_thread(load_model, index, cfg, factory)
                 model = _served(loaded.config, loaded.engines, config)
                 served.append(model)
                 if sum(m.key == model.key for m in served) > 1:
@@ -308,7 +110,7 @@ class ModelRegistry:
                     _log_lowered(model, loaded.lowered_from)
                 started = time.monotonic()
                 model.warmed_batch_sizes = await asyncio.to_thread(
-                    _warm, f"models[{index}]", model.config, model.pool.engines)
+                    warm_model, f"models[{index}]", model.config, model.pool.engines)
                 _log().info("warmed_up", model=model.key,
                             batch_sizes=list(model.warmed_batch_sizes),
                             engines=len(model.pool.engines),
@@ -342,6 +144,11 @@ class ModelRegistry:
         still going is abandoned, so a hung engine cannot hold a shutdown."""
         bound = self.drain_grace_s if timeout_s is None else timeout_s
         await _stop_all(list(self.models.values()), drain, bound)
+
+
+def _variant_of(manifest: Manifest) -> str:
+    w, h = manifest.input_width, manifest.input_height
+    return str(w) if w == h else f"{w}x{h}"
 
 
 def _served(cfg: ModelConfig, engines: list[Engine], server: ServerConfig) -> ServedModel:

@@ -1,0 +1,102 @@
+"""A batch on one engine: `EnginePool.run_batch` runs in a batcher worker thread, takes a free
+engine, stacks the batch, runs the engine and decodes the outputs with the engine's own manifest
+(an engine may change the output format, e.g. GPU NMS engines emit end2end). A decode failure
+fails only its item; an engine failure raises, so the batcher fails that batch (INTERNAL) and
+lives on.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detserve.engines.base import DecodeParams, Engine, Letterbox
+from detserve.engines.batch_plan import executed_batch_size
+from detserve.engines.decode import decode_batch
+from detserve.engines.detections import Detections
+from detserve.engines.manifest import Manifest
+from detserve.engines.pipeline import infer_pixels
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One prepared image waiting for the engine."""
+
+    pixels: npt.NDArray[np.uint8]  # [H, W, 3] letterboxed, in the manifest's colour order
+    letterbox: Letterbox
+    params: DecodeParams
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    detections: Detections
+    inference_s: float  # engine run of the whole batch
+    postprocess_s: float  # output decoding of the whole batch
+    executed_batch_size: int  # images the engine computed for the batch: formed size + padding
+
+
+class EnginePool:
+    """Engines shared by the batcher's worker threads: each run borrows a free one."""
+
+    def __init__(self, engines: Sequence[Engine]) -> None:
+        if not engines:
+            raise ValueError("an engine pool needs at least one engine, got 0")
+        self.engines = list(engines)
+        self._free: queue.SimpleQueue[Engine] = queue.SimpleQueue()
+        for engine in self.engines:
+            self._free.put(engine)
+
+    def run_batch(self, items: list[BatchItem]) -> list[ItemResult | Exception]:
+        engine = self._free.get()
+        try:
+            return run_on_engine(engine, items)
+        finally:
+            self._free.put(engine)
+
+    def close(self) -> None:
+        for engine in self.engines:
+            engine.close()
+
+
+def _decode_each(
+    outputs: Sequence[npt.NDArray[Any]], manifest: Manifest, items: Sequence[BatchItem]
+) -> list[Detections | Exception]:
+    """Decode item by item, so one bad item does not fail its neighbours."""
+    results: list[Detections | Exception] = []
+    for i, item in enumerate(items):
+        try:
+            sliced = [out[i : i + 1] for out in outputs]
+            results.append(decode_batch(sliced, manifest, [item.letterbox], [item.params])[0])
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def run_on_engine(engine: Engine, items: list[BatchItem]) -> list[ItemResult | Exception]:
+    batch = np.stack([item.pixels for item in items])
+    start = time.perf_counter()
+    outputs = infer_pixels(engine, batch)  # raising here fails the whole batch: INTERNAL
+    inferred = time.perf_counter()
+    manifest = engine.manifest
+    decoded: list[Detections | Exception]
+    try:
+        decoded = list(decode_batch(
+            outputs, manifest, [i.letterbox for i in items], [i.params for i in items]
+        ))
+    except Exception:
+        decoded = _decode_each(outputs, manifest, items)
+    post_s = time.perf_counter() - inferred
+    infer_s = inferred - start
+    executed = executed_batch_size(engine, len(items))
+    return [
+        d if isinstance(d, Exception) else ItemResult(d, infer_s, post_s, executed)
+        for d in decoded
+    ]
+
+
