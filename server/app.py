@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from detserve.protos import detection_pb2 as pb
 from detserve.server.admission import PixelBudget
@@ -33,6 +32,8 @@ from detserve.server.logs import configure_logging, get_logger
 from detserve.server.observe import UNKNOWN_MODEL, RequestObserver, build_observer
 from detserve.server.oip.attach import OipFrontEnd
 from detserve.server.oip.statistics import Statistics
+from detserve.server.oip.wire import SERVICE as OIP_SERVICE
+from detserve.server.reflection_pool import enable_reflection
 from detserve.server.registry import EngineFactory, ModelRegistry, default_engine_factory
 from detserve.server.security import EdgeSecurity, load_security
 from detserve.server.service import DetectorService
@@ -236,9 +237,8 @@ async def start_grpc(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if config.reflection:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection(server, [pb.DESCRIPTOR.services_by_name["Detector"], OIP_SERVICE,
+                                   health_pb2.DESCRIPTOR.services_by_name["Health"]])
     try:
         port = security.bind(server, config.address)
     except RuntimeError as exc:

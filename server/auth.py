@@ -3,8 +3,10 @@
 A grpc.aio server interceptor, installed only when auth or a rate limit is configured; without
 either, calls reach the servicers untouched.
 
-- `grpc.health.v1.Health` is always open: orchestrators' probes carry no secret.
-- With auth on, every other method (Detector and reflection) needs the call metadata
+- `grpc.health.v1.Health` is always open: orchestrators' probes carry no secret. So are the
+  Open Inference Protocol's liveness and readiness (`ServerLive`, `ServerReady`): they say
+  nothing about models (`ModelReady`, metadata and inference stay authenticated).
+- With auth on, every other method (Detector, the protocol's and reflection) needs the call metadata
   `authorization: Bearer <token>`, checked once when the call starts (a stream at its start).
   None, a malformed one or a token not in the list: UNAUTHENTICATED, saying what to send.
 - A scoped token (tokens.py) may use only its models: Detect and GetModelInfo naming another
@@ -30,6 +32,7 @@ from typing import Any
 import grpc
 
 from detserve.protos import detection_pb2 as pb
+from detserve.protos import inference_pb2 as ip
 from detserve.server.admission import PUSHBACK_KEY, Rejected
 from detserve.server.catalog import Catalog, ModelView
 from detserve.server.errors import RequestError
@@ -39,6 +42,8 @@ from detserve.server.rate_limit import RateLimiter
 from detserve.server.tokens import Grant, TokenStore, fingerprint
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+_OIP_PREFIX = f"/{ip.DESCRIPTOR.services_by_name['GRPCInferenceService'].full_name}/"
+PROBES = frozenset({_OIP_PREFIX + "ServerLive", _OIP_PREFIX + "ServerReady"})  # open, as health
 DETECTOR_PREFIX = f"/{pb.DESCRIPTOR.services_by_name['Detector'].full_name}/"
 DETECT = DETECTOR_PREFIX + "Detect"
 DETECT_STREAM = DETECTOR_PREFIX + "DetectStream"
@@ -104,7 +109,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         method = _text(details.method)
-        if handler is None or method.startswith(HEALTH_PREFIX):
+        if handler is None or method.startswith(HEALTH_PREFIX) or method in PROBES:
             return handler
         grant = None
         if self.tokens is not None:

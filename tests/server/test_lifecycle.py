@@ -15,12 +15,15 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from detserve.protos import detection_pb2 as pb
+from detserve.protos import inference_pb2 as ip
 from detserve.server.app import ServerStartError, start_server
 
 from .conftest import WAIT_S, Running, blocks_model, boxes_of, request_for, server_config, until
 from .drain_helpers import GOOD, GOOD_BOXES, drained_stream
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+DETECTOR = "detserve.v1.Detector"
+OIP = "inference.GRPCInferenceService"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -115,12 +118,16 @@ async def test_health_reports_overall_and_per_service(start: Callable[..., Any])
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def _reflect(port: int) -> tuple[list[str], list[str]]:
+def _reflect(port: int) -> tuple[list[str], dict[str, list[str]]]:
+    """The services the server lists, and the methods reflection describes for ours."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         db = ProtoReflectionDescriptorDatabase(channel)
         services = sorted(db.get_services())
-        proto = db.FindFileContainingSymbol("detserve.v1.Detector")
-        methods = [m.name for m in proto.service[0].method]
+        methods = {}
+        for name in (DETECTOR, OIP):
+            proto = db.FindFileContainingSymbol(name)
+            service = next(s for s in proto.service if f"{proto.package}.{s.name}" == name)
+            methods[name] = [m.name for m in service.method]
         return services, methods
 
 
@@ -129,8 +136,12 @@ async def test_reflection_lists_services(start: Callable[..., Any]) -> None:
     # The reflection client is synchronous; the server shares this event loop.
     services, methods = await asyncio.to_thread(_reflect, run.server.port)
     assert services == ["detserve.v1.Detector", "grpc.health.v1.Health",
-                        "grpc.reflection.v1alpha.ServerReflection"]
-    assert methods == ["Detect", "DetectStream", "ListModels", "GetModelInfo"]
+                        "grpc.reflection.v1alpha.ServerReflection",
+                        "inference.GRPCInferenceService"]
+    assert methods[DETECTOR] == ["Detect", "DetectStream", "ListModels", "GetModelInfo"]
+    assert methods[OIP] == [m.name for m in ip.DESCRIPTOR.services_by_name[
+        "GRPCInferenceService"].methods]
+    assert {"ServerLive", "ModelInfer", "ModelStreamInfer"} <= set(methods[OIP])
 
 
 async def test_drain_ends_open_streams_after_their_pending_frames(

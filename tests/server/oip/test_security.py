@@ -1,5 +1,6 @@
 """The server's tokens, scopes and rate limits hold on the Open Inference Protocol too, over
-gRPC and REST; REST health stays open for probes, as grpc.health.v1 does."""
+gRPC and REST; server liveness and readiness (gRPC ServerLive/ServerReady, REST /v2/health/*)
+stay open for probes, as grpc.health.v1 does."""
 
 from __future__ import annotations
 
@@ -70,6 +71,30 @@ async def test_tokens_and_scopes_over_grpc_and_rest(start: Callable[..., Any],
         async with session.post(f"{url}/models/blocks/infer", json=body,
                                 headers=scoped) as reply:
             assert reply.status == 403
+
+
+async def test_liveness_and_readiness_need_no_token_model_calls_do(
+        start: Callable[..., Any], tiny_package: Path) -> None:
+    run = await start(server_config(blocks_model(tiny_package), rest_port=0, log_requests=False,
+                                    auth_tokens=TOKEN))
+    stub = ip_grpc.GRPCInferenceServiceStub(run.channel)  # type: ignore[no-untyped-call]
+    assert (await stub.ServerLive(ip.ServerLiveRequest())).live
+    assert (await stub.ServerReady(ip.ServerReadyRequest())).ready
+    for call in (stub.ModelReady(ip.ModelReadyRequest(name="blocks")),
+                 stub.ServerMetadata(ip.ServerMetadataRequest()),
+                 stub.ModelMetadata(ip.ModelMetadataRequest(name="blocks")),
+                 stub.ModelInfer(request())):
+        assert await code_of(call) == grpc.StatusCode.UNAUTHENTICATED
+    assert (await stub.ModelReady(ip.ModelReadyRequest(name="blocks"),
+                                  metadata=bearer(TOKEN))).ready
+    url = f"http://127.0.0.1:{run.server.oip.rest_port}/v2"
+    async with aiohttp.ClientSession() as session:
+        for path, body in (("/health/live", {"live": True}), ("/health/ready", {"ready": True})):
+            async with session.get(url + path) as reply:
+                assert (reply.status, await reply.json()) == (200, body), path
+        for path in ("", "/models/blocks", "/models/blocks/ready"):
+            async with session.get(url + path) as reply:
+                assert reply.status == 401, path
 
 
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
