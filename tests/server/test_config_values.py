@@ -5,44 +5,34 @@ from __future__ import annotations
 
 import pytest
 
-from detserve.server.config_values import (
-    ConfigError,
-    as_bool,
-    as_float,
-    as_int,
-    as_mapping,
-    as_str,
-    check_keys,
-    optional_port,
-    unset,
-)
+from detserve.server import config_values as cv
 
 
 def test_values_from_the_environment_convert() -> None:
-    assert as_int("8", "port", 0, 65535) == 8
-    assert as_float("0.25", "drain_grace_s", 0.0) == 0.25
-    assert (as_bool("Yes", "reflection"), as_bool("off", "reflection")) == (True, False)
-    assert optional_port("none", "metrics_port") is None
-    assert optional_port("9100", "metrics_port") == 9100
-    assert unset("") and unset(None) and unset("Off") and not unset("0")
+    assert cv.as_int("8", "port", 0, 65535) == 8
+    assert cv.as_float("0.25", "drain_grace_s", 0.0) == 0.25
+    assert (cv.as_bool("Yes", "reflection"), cv.as_bool("off", "reflection")) == (True, False)
+    assert cv.optional_port("none", "metrics_port") is None
+    assert cv.optional_port("9100", "metrics_port") == 9100
+    assert cv.unset("") and cv.unset(None) and cv.unset("Off") and not cv.unset("0")
 
 
 @pytest.mark.parametrize(("call", "message"), [
-    (lambda: as_int("8x", "port", 0, 65535),
+    (lambda: cv.as_int("8x", "port", 0, 65535),
      "config field 'port' must be an integer in [0, 65535], got '8x'"),
-    (lambda: as_int(True, "workers", 1),
+    (lambda: cv.as_int(True, "workers", 1),
      "config field 'workers' must be an integer >= 1, got True"),
-    (lambda: as_int(0, "workers", 1), "config field 'workers' must be an integer >= 1, got 0"),
-    (lambda: as_float("nan", "drain_grace_s", 0.0),
+    (lambda: cv.as_int(0, "workers", 1), "config field 'workers' must be an integer >= 1, got 0"),
+    (lambda: cv.as_float("nan", "drain_grace_s", 0.0),
      "config field 'drain_grace_s' must be a number >= 0.0, got nan"),
-    (lambda: as_bool("maybe", "reflection"),
+    (lambda: cv.as_bool("maybe", "reflection"),
      "config field 'reflection' must be true or false, got 'maybe'"),
-    (lambda: as_str("", "host"), "config field 'host' must be a non-empty string, got ''"),
-    (lambda: as_mapping([1], "alerts"), "config field 'alerts' must be a mapping, got [1]"),
-    (lambda: check_keys({"porrt": 1, "host": "h"}, ("host", "port"), "file"),
+    (lambda: cv.as_str("", "host"), "config field 'host' must be a non-empty string, got ''"),
+    (lambda: cv.as_mapping([1], "alerts"), "config field 'alerts' must be a mapping, got [1]"),
+    (lambda: cv.check_keys({"porrt": 1, "host": "h"}, ("host", "port"), "file"),
      "config file has unknown field(s) ['porrt']; allowed: ['host', 'port']"),
 ])
 def test_bad_values_name_the_field_and_the_value(call: object, message: str) -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(cv.ConfigError) as caught:
         call()  # type: ignore[operator]
     assert str(caught.value) == message
