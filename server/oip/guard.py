@@ -1,7 +1,8 @@
 """The server's token scopes and rate limits, applied to Open Inference Protocol calls.
 
 The gRPC call guard (server/auth.py) already refuses a call without an accepted token on this
-port, whatever its service; its per-model scopes and rate limits read detserve.v1 requests. This
+port, whatever its service (but for health and the protocol's ServerLive/ServerReady, which are
+open to probes); its per-model scopes and rate limits read detserve.v1 requests. This
 applies the same rules to the protocol's calls, over gRPC and REST alike: a call naming a model
 is refused PERMISSION_DENIED outside its token's scope, and each inference request takes one
 token from the caller's bucket (by token, or by peer without auth), refused RESOURCE_EXHAUSTED
