@@ -1,18 +1,20 @@
 """`detserve-model export-tflite`: a yolov8 package's ONNX graph to TFLite, FP32 and full INT8.
 
 The conversion and the interpreter run in their own environment (`bash models/tflite_env.sh`
-makes .venv-tflite: onnx2tf, tensorflow-cpu, ai-edge-litert; models/tflite_runner.py is what
-runs there). This side, in the main environment, does what must be detserve's own: the
-server's preprocessing (calibration and val tensors), ONNX Runtime as the reference, the yolov8
-decoder and NMS, and COCO metrics.
+makes .venv-tflite: onnx2tf, tensorflow, ai-edge-litert; models/tflite_runner.py is what runs
+there). This side, in the main environment, does what must be detserve's own: the server's
+preprocessing (calibration and val tensors), ONNX Runtime as the reference, the yolov8 decoder
+and NMS, and COCO metrics.
 
-FP32 keeps the ONNX output `[1, 4 + nc, N]`. INT8 is full integer (int8 weights per channel,
-int8 activations, int8 input and outputs), calibrated on the synthetic "calib" split (never val
-or test). Its graph is cut before the final Concat into two outputs, boxes `[1, 4, N]` and
-scores `[1, nc, N]`: in one int8 tensor, boxes (0..input size px) and sigmoid scores (0..1)
-would share one scale of about input size / 255, which rounds every score to 0 or to about one
-scale step (the pitfall models/quantize.py keeps its float tail for). The host dequantizes and
-joins the two back into the yolov8 layout.
+Both are converted from the package's model.onnx at batch 1 with its Splits given explicit
+sizes (`explicit_splits`: onnx2tf mishandles opset 18's `num_outputs`). FP32 keeps the ONNX
+output `[1, 4 + nc, N]`. INT8 is full integer (int8 builtin ops only, int8 weights per channel,
+int8 activations, int8 input and outputs: TFLiteConverter on onnx2tf's SavedModel), calibrated
+on the synthetic "calib" split (never val or test). Its graph is cut before the final Concat
+into two outputs, boxes `[1, 4, N]` and scores `[1, nc, N]`: in one int8 tensor, boxes
+(0..input size px and more) and sigmoid scores (0..1) would share one scale of a pixel or more,
+which rounds every score to 0 or to one scale step (the pitfall models/quantize.py keeps its
+float tail for). The host dequantizes and joins the two back into the yolov8 layout.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ DEFAULT_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
 FP32_FILE, INT8_FILE, CHECKS_FILE, REPORT_FILE = ("model_fp32.tflite", "model_int8.tflite",
                                                   "checks.json", "report.md")  # fmt: skip
 BOXES, SCORES = "boxes", "scores"
+SAMPLE_IMAGES = 20  # calib-split scenes onnx2tf checks its conversion on (not a calibration)
 FloatArray = npt.NDArray[np.float32]
 
 
@@ -220,16 +223,19 @@ def run(package_dir: str | Path, out_dir: Path, int8: bool, n: int, data: Path,
         "variants": {}, "notes": list(NOTES[: 3 if int8 else 2]),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = Path(tmp) / "val_inputs.npy"
+        inputs, sample = Path(tmp) / "val_inputs.npy", Path(tmp) / "sample_nhwc.npy"
         np.save(inputs, val.tensors)
-        conv = runner(py, "convert", "--onnx", str(package.model_path),
-                      "--out", str(out_dir / FP32_FILE))
+        np.save(sample, calib_nhwc(CalibrationSource("synthetic", SAMPLE_IMAGES), package))
+        fp32_onnx = Path(tmp) / "model_fp32.onnx"
+        onnx.save(explicit_splits(onnx.load(str(package.model_path))), str(fp32_onnx))
+        conv = runner(py, "convert", "--onnx", str(fp32_onnx), "--out", str(out_dir / FP32_FILE),
+                      "--sample", str(sample))
         results["versions"] = conv["versions"]
         results["variants"]["fp32"] = _variant(py, out_dir / FP32_FILE, val, ref, inputs,
                                                package, runs, conv)
         if source is not None:
             results["calibration"] = source.describe()
-            conv = _convert_int8(py, package, source, Path(tmp), out_dir / INT8_FILE)
+            conv = _convert_int8(py, package, source, sample, out_dir / INT8_FILE)
             results["variants"]["int8"] = _variant(py, out_dir / INT8_FILE, val, ref, inputs,
                                                    package, runs, conv)
     (out_dir / CHECKS_FILE).write_text(json.dumps(results, indent=2) + "\n")
@@ -237,13 +243,44 @@ def run(package_dir: str | Path, out_dir: Path, int8: bool, n: int, data: Path,
     return results
 
 
-def _convert_int8(python: Path, package: ModelPackage, source: CalibrationSource, tmp: Path,
-                  out: Path) -> dict[str, Any]:
-    calib = tmp / "calib_nhwc.npy"
+def calib_nhwc(source: CalibrationSource, package: ModelPackage) -> FloatArray:
+    """The calibration split's first `source.n` scenes, preprocessed, NHWC (onnx2tf's layout)."""
     batches = list(calibration_batches(source, package.manifest))
-    np.save(calib, np.concatenate(batches).transpose(0, 2, 3, 1))  # onnx2tf wants NHWC
-    split = tmp / "model_split.onnx"
-    onnx.save(split_outputs(onnx.load(str(package.model_path))), str(split))
-    return runner(python, "convert", "--onnx", str(split), "--out", str(out),
-                  "--calib", str(calib))
+    return np.ascontiguousarray(np.concatenate(batches).transpose(0, 2, 3, 1))
 
+
+def _convert_int8(python: Path, package: ModelPackage, source: CalibrationSource, sample: Path,
+                  out: Path) -> dict[str, Any]:
+    calib, split = sample.with_name("calib_nhwc.npy"), sample.with_name("model_split.onnx")
+    np.save(calib, calib_nhwc(source, package))
+    onnx.save(explicit_splits(split_outputs(onnx.load(str(package.model_path)))), str(split))
+    return runner(python, "convert", "--onnx", str(split), "--out", str(out),
+                  "--sample", str(sample), "--calib", str(calib))
+
+
+
+def explicit_splits(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy at batch 1 whose Split nodes name their sizes (a `split` input) instead of
+    opset 18's `num_outputs`: onnx2tf 1.29 loses the channel layout after the latter (a
+    C2f block's Concat came out [1, 48, 80, 80] and the next conv failed)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(out)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.input]}  # fmt: skip
+    for i, node in enumerate(out.graph.node):
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type != "Split" or "num_outputs" not in attrs:
+            continue
+        axis = helper.get_attribute_value(attrs["axis"]) if "axis" in attrs else 0
+        size, parts = shapes[node.input[0]][axis], len(node.output)
+        if size % parts:
+            raise ValueError(f"Split {node.name!r}: {size} does not split in {parts} equal parts")
+        name = f"split_sizes_{i}"
+        out.graph.initializer.append(onnx.numpy_helper.from_array(
+            np.full(parts, size // parts, np.int64), name))
+        node.attribute.remove(attrs["num_outputs"])
+        node.input.append(name)
+    onnx.checker.check_model(out)
+    return out

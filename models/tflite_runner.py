@@ -5,7 +5,8 @@ detserve is not installed there, so this file imports only the standard library,
 TFLite toolchain. The main .venv drives it (models/tflite_export.py) through three commands, each
 printing one JSON object on stdout:
 
-    convert --onnx M.onnx --out F.tflite [--calib C.npy]   onnx2tf; with --calib, full INT8
+    convert --onnx M.onnx --out F.tflite --sample S.npy [--calib C.npy]
+                            onnx2tf; with --calib, full INT8 by TFLiteConverter
     infer --model F.tflite --inputs X.npy --out Y.npy      raw outputs in the ONNX layout
     bench --model F.tflite --inputs X.npy                  ms per image at batch 1
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -37,40 +39,65 @@ INPUT_NAME = "images"  # detserve.models.export.INPUT_NAME (not importable here)
 FloatArray = npt.NDArray[np.float32]
 
 
-def convert(onnx_path: Path, out: Path, calib: Path | None) -> dict[str, Any]:
-    """onnx2tf at batch 1; the float32 file, or with `calib` the full-integer one."""
+# onnx2tf feeds this file (from the working directory, else it downloads its own from GitHub,
+# which is not reachable here) through the ONNX and TF graphs to check the conversion op by op.
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+def convert(onnx_path: Path, out: Path, sample: Path, calib: Path | None) -> dict[str, Any]:
+    """onnx2tf at batch 1: its float32 file, or with `calib` a full-integer one made here from
+    its SavedModel. `sample`: NHWC images onnx2tf checks its conversion on (resized by it)."""
     import onnx2tf
 
     with tempfile.TemporaryDirectory() as tmp:
-        quant: dict[str, Any] = {}
-        if calib is not None:
-            zeros, ones = np.zeros((1, 1, 1, 3), np.float32), np.ones((1, 1, 1, 3), np.float32)
-            # The calibration tensors are already the model's input (scaled to [0, 1]): no
-            # mean/std of onnx2tf's own on top.
-            quant = {"output_integer_quantized_tflite": True, "quant_type": "per-channel",
-                     "custom_input_op_name_np_data_path": [[INPUT_NAME, str(calib), zeros, ones]],
-                     "input_quant_dtype": "int8", "output_quant_dtype": "int8"}  # fmt: skip
+        shutil.copyfile(sample, Path(tmp) / ONNX2TF_SAMPLE)
+        os.chdir(tmp)
         started = time.perf_counter()
         # stdout carries this command's JSON; onnx2tf's own narration goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=tmp,
-                            batch_size=1, non_verbose=True, **quant)
+                            batch_size=1, non_verbose=True, output_signaturedefs=True)
+        if calib is None:
+            made = sorted(Path(tmp).glob("*_float32.tflite"))
+            if len(made) != 1:
+                raise RuntimeError(f"onnx2tf wrote no single *_float32.tflite: "
+                                   f"{sorted(p.name for p in Path(tmp).iterdir())}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(made[0], out)
+        else:
+            out.write_bytes(full_integer(Path(tmp), calib))
         seconds = time.perf_counter() - started
-        suffix = "full_integer_quant" if calib is not None else "float32"
-        made = sorted(Path(tmp).glob(f"*_{suffix}.tflite"))
-        if len(made) != 1:
-            listing = sorted(p.name for p in Path(tmp).iterdir())
-            raise RuntimeError(f"onnx2tf wrote no single *_{suffix}.tflite: {listing}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(made[0], out)
     return {"file": str(out), "bytes": out.stat().st_size, "convert_s": round(seconds, 1),
             "io": io_details(out), "versions": versions()}  # fmt: skip
+
+
+def full_integer(saved_model: Path, calib: Path) -> bytes:
+    """Full INT8 from onnx2tf's SavedModel: int8 builtin ops only (no TF fallback ops, which
+    phone delegates cannot run), int8 weights per channel, int8 activations, int8 input and
+    outputs; one calibration pass over `calib` (onnx2tf's own -oiqt makes five variants)."""
+    import tensorflow as tf
+
+    data = np.load(calib, mmap_mode="r")
+
+    def representative() -> Any:
+        for i in range(len(data)):
+            yield [np.asarray(data[i : i + 1], np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.representative_dataset = representative
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    with contextlib.redirect_stdout(sys.stderr):
+        model: bytes = converter.convert()
+    return model
 
 
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    names = ("onnx2tf", "tensorflow-cpu", "tf-keras", "ai-edge-litert", "onnx", "numpy")
+    names = ("onnx2tf", "tensorflow", "tf-keras", "ai-edge-litert", "onnx", "numpy")
     return {name: md.version(name) for name in names}
 
 
@@ -171,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = sub.add_parser("convert")
     c.add_argument("--onnx", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--calib", type=Path)
+    c.add_argument("--sample", type=Path, required=True, help="NHWC float32 images")
+    c.add_argument("--calib", type=Path, help="NHWC float32 calibration images")
     for name in ("infer", "bench"):
         s = sub.add_parser(name)
         s.add_argument("--model", type=Path, required=True)
@@ -184,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             s.add_argument("--runs", type=int, default=100)
     a = p.parse_args(argv)
     if a.cmd == "convert":
-        facts = convert(a.onnx, a.out, a.calib)
+        facts = convert(a.onnx.resolve(), a.out.resolve(), a.sample.resolve(),
+                        None if a.calib is None else a.calib.resolve())
     elif a.cmd == "infer":
         facts = infer(a.model, a.inputs, a.out, a.rows, a.threads)
     else:
