@@ -51,6 +51,9 @@ class Plan:
     input_format: str
     server_start_s: float
     server_min_s: float  # kept free for the server phase whatever the earlier phases do
+    worker_counts: tuple[int, ...]  # front-end processes (issue 16's --workers)
+    workers_concurrency: int
+    workers_budget_s: float
     reserve_s: float = 20.0
 
     @classmethod
@@ -58,10 +61,10 @@ class Plan:
         if quick:
             return cls(320, 320, (1, 2, 4), ("fp32", "bf16"), 0.15, 60.0, (1, 2), 25.0,
                        gpu_server.LoadLadder((1, 4), (0.5,), 0.3, 1.0), min(clients, 2),
-                       input_format, 180.0, 60.0, 10.0)
-        return cls(320, 640, (1, 2, 4, 8, 16, 32, 64), ("fp32", "fp16"), 0.4, 100.0,
-                   (1, 8, 32), 30.0, gpu_server.LoadLadder((1, 16, 64, 128), (0.5, 0.9), 0.5, 2.5),
-                   clients, input_format, 150.0, 150.0)
+                       input_format, 180.0, 60.0, (1, 2), 8, 60.0, 10.0)
+        return cls(320, 640, (1, 2, 4, 8, 16, 32, 64), ("fp32", "fp16"), 0.4, 70.0,
+                   (1, 8, 32), 25.0, gpu_server.LoadLadder((1, 16, 64, 128), (0.5, 0.9), 0.5, 2.5),
+                   clients, input_format, 150.0, 130.0, (1, 4, 8, 16), 256, 130.0)
 
 
 class Run:
@@ -71,7 +74,7 @@ class Run:
         self.deadline = self.t0 + budget_s
         self.results: dict[str, Any] = {
             "meta": _meta(device, plan, budget_s), "models": [], "engine": [], "nms": [],
-            "server": [], "derived": {}, "errors": [], "phases": {},
+            "server": [], "workers": [], "derived": {}, "errors": [], "phases": {},
         }
 
     def log(self, msg: str) -> None:
@@ -200,6 +203,34 @@ def phase_server(run: Run, models: list[gpu_engine.BenchModel]) -> Callable[[flo
     return go
 
 
+def phase_workers(run: Run, models: list[gpu_engine.BenchModel]) -> Callable[[float], None]:
+    """The default model with batching on, behind 1, 4, 8 and 16 front-end processes: one
+    server start and one closed level each (issue 16: does the front end still cap the GPU?)."""
+    def go(deadline: float) -> None:
+        p = run.plan
+        default = models[0]
+        setting = BatchSetting(32, 4.0, 1)
+        served = gpu_server.Served(f"{default.label}-{setting.name}", default.label,
+                                   default.package.root, setting, p.precisions[-1])
+        ladder = gpu_server.LoadLadder((), (), p.ladder.warmup_s, p.ladder.duration_s)
+        fleet = gpu_server.LoadFleet(p.client_processes, run.results.get("server_inputs") or {
+            "source": "synthetic", "count": 16, "width": 640, "height": 480,
+            "format": p.input_format})
+        try:
+            for i, workers in enumerate(p.worker_counts):
+                share = (deadline - time.monotonic()) / (len(p.worker_counts) - i)
+                if share < ladder.warmup_s + ladder.duration_s + 10.0:
+                    run.log(f"workers {workers}: budget spent, skipped")
+                    continue
+                run.results["workers"].append(gpu_server.measure_workers(
+                    fleet, served, workers, run.device, run.work / f"workers{workers}", ladder,
+                    p.workers_concurrency, min(p.server_start_s, share - 5.0), run.log))
+                run.save()
+        finally:
+            fleet.close()
+    return go
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,12 +253,14 @@ def main(argv: list[str] | None = None) -> int:
                                              run.log))
         run.results["models"] = [m.to_json() for m in models]
 
-    later = plan.nms_budget_s + plan.server_min_s
+    later = plan.nms_budget_s + plan.server_min_s + plan.workers_budget_s
     run.phase("setup", 60.0, setup, later + plan.engine_budget_s / 2)
     if models:
         run.phase("engine", plan.engine_budget_s, phase_engine(run, models), later)
-        run.phase("nms", plan.nms_budget_s, phase_nms(run, models), plan.server_min_s)
-        run.phase("server", run.left(), phase_server(run, models))
+        run.phase("nms", plan.nms_budget_s, phase_nms(run, models),
+                  plan.server_min_s + plan.workers_budget_s)
+        run.phase("server", plan.server_min_s, phase_server(run, models), plan.workers_budget_s)
+        run.phase("workers", run.left(), phase_workers(run, models))
     try:
         gpu_report.write_all(run.results, args.out)
     except Exception as exc:

@@ -97,6 +97,15 @@ def _pairs(engine: list[Row], key: str, a: Any, b: Any, fixed: dict[str, Any]) -
     return out
 
 
+def workers_over_one(rows: list[Row]) -> list[dict[str, Any]]:
+    """Throughput with N front-end processes over the single-process server's, same level."""
+    one = next((r for r in _ok(rows) if r["workers"] == 1), None)
+    return [{"workers": r["workers"], "ratio": _ratio(r["throughput_rps"],
+                                                      None if one is None else
+                                                      one["throughput_rps"])}
+            for r in _ok(rows) if r["workers"] != 1]
+
+
 def derive(results: dict[str, Any]) -> dict[str, Any]:
     engine, server, nms = results["engine"], results["server"], results["nms"]
     precisions = sorted({r["precision"] for r in engine})
@@ -104,6 +113,7 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     derived: dict[str, Any] = {
         "batching_gain": batching_gain(server),
         "server_over_engine": server_vs_engine(server, engine),
+        "workers_over_one": workers_over_one(results.get("workers", [])),
         "nms_gpu_over_host_time": [
             {"batch": r["batch"], "candidates_per_image": r["candidates_per_image"],
              "ratio": _ratio(r["gpu_ms"], r["host_ms"])} for r in nms],
@@ -120,7 +130,8 @@ def write_tables(results: dict[str, Any], out: Path) -> None:
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1, default=str))
     tmp.replace(out / "results.json")
-    rows = [{"table": t, **r} for t in ("engine", "nms", "server") for r in results[t]]
+    rows = [{"table": t, **r} for t in ("engine", "nms", "server", "workers")
+            for r in results.get(t, [])]
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
@@ -205,6 +216,13 @@ def summary_text(results: dict[str, Any]) -> str:
                     [[r["key"], r["mode"], r["level"], r["throughput_rps"], r["p50_ms"],
                       r["p99_ms"], r["mean_batch"], r["errors"], r["client_cpu_cores"],
                       r["client_processes"], r["server_cpu_cores"]] for r in results["server"]])
+    lines += ["## Front-end worker processes (default model, batching on, closed loop)", ""]
+    lines += _table(["workers", "level", "req/s", "p50 ms", "p99 ms", "batch", "errors",
+                     "server CPU", "engine CPU", "front end us/req", "exit"],
+                    [[r["workers"], r["level"], r["throughput_rps"], r["p50_ms"], r["p99_ms"],
+                      r["mean_batch"], r["errors"], r["server_cpu_cores"],
+                      r["engine_cpu_cores"], r["frontend_cpu_us_per_request"], r["exit_code"]]
+                     for r in results.get("workers", [])])
     lines += ["## Derived ratios", "", "```", json.dumps(results["derived"], indent=1,
                                                           default=str), "```", ""]
     if results["errors"]:

@@ -47,7 +47,8 @@ def engine_batch_sizes(max_batch: int) -> list[int]:
     return [*sizes, max_batch]
 
 
-def server_document(served: Sequence[Served], port: int, device: str) -> dict[str, Any]:
+def server_document(served: Sequence[Served], port: int, device: str,
+                    workers: int = 1) -> dict[str, Any]:
     models = []
     for i, s in enumerate(served):
         models.append({
@@ -57,7 +58,7 @@ def server_document(served: Sequence[Served], port: int, device: str) -> dict[st
             "batching": s.setting.to_yaml(), "default": i == 0,
         })
     return {"host": "127.0.0.1", "port": port, "metrics_port": None, "log_requests": False,
-            "log_level": "WARNING", "drain_grace_s": 2.0, "models": models}
+            "log_level": "WARNING", "drain_grace_s": 2.0, "workers": workers, "models": models}
 
 
 def _cpu_ticks(pid: int) -> float:
@@ -100,16 +101,23 @@ def client_level(target: str, model: str, mode: str, level: float, settings: dic
     requests = _requests(spec, model)
     load = LoadSettings(**settings)
 
+    # One connection per channel (a local subchannel pool each): SO_REUSEPORT spreads
+    # connections, not calls, over a server's front-end workers.
+    options = [*channel_options(64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
+
     async def go() -> Any:
-        async with grpc.aio.insecure_channel(
-                target, options=channel_options(64 * 1024 * 1024)) as channel:
-            await asyncio.wait_for(channel.channel_ready(), 30)
-            stub = pb_grpc.DetectorStub(channel)
+        channels = [grpc.aio.insecure_channel(target, options=options)
+                    for _ in range(load.channels)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
+            stubs = [pb_grpc.DetectorStub(c) for c in channels]
             await asyncio.sleep(max(0.0, start_wall - time.time()))
             starts.append(time.perf_counter())  # CLOCK_MONOTONIC: comparable across processes
             if mode == "closed":
-                return await run_closed(stub, requests, int(level), load)
-            return await run_open(stub, requests, level, "poisson", load)
+                return await run_closed(stubs, requests, int(level), load)
+            return await run_open(stubs, requests, level, "poisson", load)
+        finally:
+            await asyncio.gather(*(c.close() for c in channels))
 
     starts: list[float] = []
     run = asyncio.run(go())
@@ -250,7 +258,38 @@ def _load_settings(ladder: LoadLadder) -> Any:
 
 
 async def start_server(served: Sequence[Served], device: str, workdir: Path,
-                       timeout_s: float) -> ServerProcess:
-    server = ServerProcess(server_document(served, free_port(), device), workdir, "gpu")
+                       timeout_s: float, workers: int = 1) -> ServerProcess:
+    doc = server_document(served, free_port(), device, workers)
+    server = ServerProcess(doc, workdir, f"gpu-w{workers}")
     await server.start(timeout_s)
     return server
+
+
+def measure_workers(fleet: LoadFleet, served: Served, workers: int, device: str, workdir: Path,
+                    ladder: LoadLadder, concurrency: int, start_s: float, log: Log,
+                    ) -> dict[str, Any]:
+    """One closed level at `concurrency` against a server with `workers` front-end processes
+    (1: the single-process server), spread over at least two connections per worker."""
+    from detserve.client.bench import proccpu
+
+    server = asyncio.run(start_server([served], device, workdir, start_s, workers))
+    try:
+        pid = server.proc.pid if server.proc is not None else -1
+        channels = max(1, -(-2 * workers // fleet.processes))
+        settings = {**asdict(_load_settings(ladder)), "channels": channels}
+        before, t0 = proccpu.server_cpu(pid), time.monotonic()
+        summary = fleet.run_level(server.target, served.key, "closed", float(concurrency),
+                                  settings)
+        cpu, wall = proccpu.server_cpu(pid).minus(before), time.monotonic() - t0
+    finally:
+        code = server.stop(grace_s=10.0)
+    row = _flat(served, "closed", float(concurrency), summary,
+                (cpu.frontend_s + cpu.engine_s + cpu.supervisor_s) / wall)
+    sent = max(1, summary["ok"] + sum(summary["errors"].values()))
+    row.update(workers=workers, channels_per_process=channels, exit_code=code,
+               frontend_cpu_us_per_request=cpu.frontend_s / sent * 1e6,
+               engine_cpu_cores=cpu.engine_s / wall, frontend_processes=cpu.frontends)
+    log(f"workers {workers}: {row['throughput_rps']:.0f} req/s, p99 {row['p99_ms']:.1f} ms, "
+        f"batch {row['mean_batch']:.1f}, server CPU {row['server_cpu_cores']:.2f} cores, "
+        f"front end {row['frontend_cpu_us_per_request']:.0f} us/req, exit {code}")
+    return row
