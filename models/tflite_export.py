@@ -186,8 +186,9 @@ def _variant(python: Path, model: Path, val: ValSet, ref: FloatArray, inputs: Pa
     bench = runner(python, "bench", "--model", str(model), "--inputs", str(inputs),
                    "--rows", rows, "--runs", str(runs))
     preds = detections(got, package.manifest, val.letterboxes, val.image_ids)
+    serving = package.manifest.postprocess.score_threshold
     return {"file": model.name, "bytes": model.stat().st_size, "io": convert["io"],
-            "convert_s": convert["convert_s"], "diff_vs_onnxruntime": raw_diff(ref, got),
+            "convert_s": convert["convert_s"], "diff_vs_onnxruntime": raw_diff(ref, got, serving),
             "metrics": metrics(val.gt, preds, package.manifest.classes), "bench": bench}
 
 

@@ -20,6 +20,7 @@ from detserve.models.tflite_export import (
     DEFAULT_PYTHON,
     EnvMissingError,
     check_package,
+    explicit_splits,
     find_python,
     load_val,
     onnxruntime_outputs,
@@ -96,17 +97,40 @@ def test_split_outputs_keeps_the_values() -> None:
         split_outputs(split)
 
 
+def test_explicit_splits_name_their_sizes() -> None:
+    model = onnx.load(str(PKG / "model.onnx"))
+    fixed = explicit_splits(model)
+    splits = [n for n in fixed.graph.node if n.op_type == "Split"]
+    assert len(splits) == 8
+    assert all(len(n.input) == 2 and not any(a.name == "num_outputs" for a in n.attribute)
+               for n in splits)  # fmt: skip
+    sizes = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in fixed.graph.initializer}
+    assert sizes[splits[0].input[1]] == [16, 16]  # the first C2f's 32 channels, halved
+    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    x = np.random.default_rng(1).random((1, 3, 320, 320), dtype=np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(got.run(None, {"images": x})[0],
+                                  want.run(None, {"images": x})[0])
+
+
 def test_raw_diff_separates_boxes_and_scores() -> None:
     ref = np.zeros((2, 10, 5), np.float32)
+    ref[1, 6, 3] = 0.9  # image 1, anchor 3: the one confident anchor
     got = ref.copy()
-    got[1, 2, 3] = 1.5  # a box row
+    got[1, 2, 3] = 1.5  # a box row of the confident anchor
+    got[0, 1, 4] = 7.0  # a box row of a background anchor
     got[0, 7, 0] = -0.25  # a score row
-    d = raw_diff(ref, got)
-    assert d["max_abs_diff_boxes_px"] == 1.5 and d["max_abs_diff_scores"] == 0.25
-    assert d["mean_abs_diff_boxes_px"] == pytest.approx(1.5 / (2 * 4 * 5))
+    d = raw_diff(ref, got, score_threshold=0.5)
+    assert d["max_abs_diff_boxes_px"] == 7.0 and d["max_abs_diff_scores"] == 0.25
+    assert d["mean_abs_diff_boxes_px"] == pytest.approx(8.5 / (2 * 4 * 5))
     assert d["mean_abs_diff_scores"] == pytest.approx(0.25 / (2 * 6 * 5))
+    assert d["confident"] == {"score_threshold": 0.5, "anchors": 1,
+                              "max_abs_diff_boxes_px": 1.5, "mean_abs_diff_boxes_px": 1.5 / 4,
+                              "max_abs_diff_scores": 0.0}  # fmt: skip
+    assert raw_diff(ref, got, score_threshold=0.95)["confident"]["anchors"] == 0
     with pytest.raises(ValueError, match="share one"):
-        raw_diff(ref, got[:1])
+        raw_diff(ref, got[:1], 0.5)
 
 
 def test_runner_quantizes_input_and_joins_split_outputs() -> None:
@@ -169,10 +193,12 @@ def test_report_markdown_lists_each_model() -> None:
                        "quantization": None}]}  # fmt: skip
     v = {"file": "model_int8.tflite", "bytes": 1234, "io": io, "bench": {"ms_median": 3.25,
          "ms_p90": 4.0}, "diff_vs_onnxruntime": {"max_abs_diff_boxes_px": 0.5,
-         "max_abs_diff_scores": 2e-5}, "metrics": {"mAP@0.5": 0.95, "mAP@0.5:0.95": 0.8,
-         "AP_small@0.5:0.95": 0.7123}}  # fmt: skip
+         "max_abs_diff_scores": 2e-5, "confident": {"max_abs_diff_boxes_px": 0.25,
+         "mean_abs_diff_boxes_px": 0.125, "max_abs_diff_scores": 1e-5}},
+         "metrics": {"mAP@0.5": 0.95, "mAP@0.5:0.95": 0.8, "AP_small@0.5:0.95": 0.7123}}
     md = report_markdown(_results({"int8": v}))
-    assert "| int8 | 1234 | 3.25, 4.0 | 0.5 | 2e-05 | 0.95 | 0.8 | 0.7123 |" in md
+    assert "| int8 | 1234 | 3.25, 4.0 | 0.5 (0.25, 0.125) | 2e-05 (1e-05) | 0.95 | 0.8 | " \
+           "0.7123 |" in md
     assert "| ONNX (onnxruntime) | 100 | 9.5, 10.0 | (reference) | (reference) | 0.9683 | " \
            "0.8508 | n/a |" in md
     assert "`images` int8 [1, 320, 320, 3], scale 0.00392157, zero point -128" in md
