@@ -43,6 +43,22 @@ def raw_diff(reference: FloatArray, got: FloatArray, score_threshold: float) -> 
                           "max_abs_diff_scores": float(hit_scores.max(initial=0.0))}}  # fmt: skip
 
 
+def round_like_outputs(raw: FloatArray, outputs: Sequence[Mapping[str, Any]]) -> FloatArray:
+    """`raw` [n, 4 + nc, N] with each row block rounded as an int8 model's quantized outputs
+    round it (boxes: the 4-row output's scale and zero point, scores: the other's): the loss
+    the int8 output tensors alone would cause, apart from the quantized layers before them."""
+    out = raw.astype(np.float32, copy=True)
+    for o in outputs:
+        q = o.get("quantization")
+        if q is None:
+            continue
+        rows = slice(0, 4) if o["shape"][1] == 4 else slice(4, raw.shape[1])
+        scale, zero = np.float32(q["scale"]), np.float32(q["zero_point"])
+        levels = np.clip(np.round(out[:, rows] / scale) + zero, -128, 127)
+        out[:, rows] = (levels - zero) * scale
+    return out
+
+
 def detections(raw: FloatArray, manifest: Manifest, letterboxes: Sequence[Letterbox],
                image_ids: Sequence[int]) -> list[ImageDetections]:
     """Decode raw yolov8 outputs as `detserve-model eval` does: score >= 0.001, the manifest's
@@ -90,7 +106,9 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         f"# TFLite export of {results['package']}", "",
         f"Command: `{results['command']}`", "",
         f"Machine: {results['machine']['cpu']}, {results['machine']['logical_cpus']} logical "
-        f"CPUs; interpreter and ONNX Runtime at 1 thread, batch 1.", "",
+        f"CPUs (load average {results['machine'].get('load_average_1m_start')} at the start, "
+        f"{results['machine'].get('load_average_1m_end')} at the end: a shared host); "
+        f"interpreter and ONNX Runtime at 1 thread, batch 1.", "",
         f"Val: {val['dataset']} ({val['images']} images); decoded by detserve's yolov8 decoder "
         f"and NMS at score >= {EVAL_SCORE_THRESHOLD}, at most {EVAL_MAX_DETECTIONS} per image.",
         "",
@@ -113,6 +131,12 @@ def report_markdown(results: Mapping[str, Any]) -> str:
             f"{_fmt(c['mean_abs_diff_boxes_px'])}) | {_fmt(d['max_abs_diff_scores'])} "
             f"({_fmt(c['max_abs_diff_scores'])}) | "
             + " | ".join(_fmt(v["metrics"][k]) for k in METRIC_KEYS) + " |")
+    for name, v in results["variants"].items():
+        r = v.get("onnxruntime_with_output_rounding")
+        if r:
+            lines += ["", f"ONNX Runtime's outputs rounded as {name}'s int8 output tensors "
+                      "round them (no other quantization): " + ", ".join(
+                          f"{k} {_fmt(r[k])}" for k in METRIC_KEYS) + "."]
     lines += ["", "Input/output tensors:", ""]
     lines += [f"- {name}: {_io_line(v['io'])}" for name, v in results["variants"].items()]
     lines += ["", *[f"- {note}" for note in results.get("notes", ())]]

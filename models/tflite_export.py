@@ -38,7 +38,13 @@ from onnx import helper
 from detserve.engines.manifest import ModelPackage, load_package
 from detserve.models.export import OUTPUT_NAME
 from detserve.models.quantize import CalibrationSource, calibration_batches
-from detserve.models.tflite_checks import detections, metrics, raw_diff, report_markdown
+from detserve.models.tflite_checks import (
+    detections,
+    metrics,
+    raw_diff,
+    report_markdown,
+    round_like_outputs,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = Path(__file__).resolve().parent / "tflite_runner.py"
@@ -173,7 +179,8 @@ def machine() -> dict[str, Any]:
         names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
                  if ln.startswith("model name")]  # fmt: skip
         cpu = names[0] if names else cpu
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform()}
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "load_average_1m_start": round(os.getloadavg()[0], 2)}
 
 
 def _variant(python: Path, model: Path, val: ValSet, ref: FloatArray, inputs: Path,
@@ -186,10 +193,15 @@ def _variant(python: Path, model: Path, val: ValSet, ref: FloatArray, inputs: Pa
     bench = runner(python, "bench", "--model", str(model), "--inputs", str(inputs),
                    "--rows", rows, "--runs", str(runs))
     preds = detections(got, package.manifest, val.letterboxes, val.image_ids)
-    serving = package.manifest.postprocess.score_threshold
-    return {"file": model.name, "bytes": model.stat().st_size, "io": convert["io"],
-            "convert_s": convert["convert_s"], "diff_vs_onnxruntime": raw_diff(ref, got, serving),
-            "metrics": metrics(val.gt, preds, package.manifest.classes), "bench": bench}
+    serving, classes = package.manifest.postprocess.score_threshold, package.manifest.classes
+    facts = {"file": model.name, "bytes": model.stat().st_size, "io": convert["io"],
+             "convert_s": convert["convert_s"], "diff_vs_onnxruntime": raw_diff(ref, got, serving),
+             "metrics": metrics(val.gt, preds, classes), "bench": bench}  # fmt: skip
+    if any(o["quantization"] for o in convert["io"]["outputs"]):
+        rounded = round_like_outputs(ref, convert["io"]["outputs"])
+        facts["onnxruntime_with_output_rounding"] = metrics(
+            val.gt, detections(rounded, package.manifest, val.letterboxes, val.image_ids), classes)
+    return facts
 
 
 NOTES = (
@@ -239,6 +251,7 @@ def run(package_dir: str | Path, out_dir: Path, int8: bool, n: int, data: Path,
             conv = _convert_int8(py, package, source, sample, out_dir / INT8_FILE)
             results["variants"]["int8"] = _variant(py, out_dir / INT8_FILE, val, ref, inputs,
                                                    package, runs, conv)
+    results["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     (out_dir / CHECKS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / REPORT_FILE).write_text(report_markdown(results))
     return results

@@ -15,7 +15,13 @@ from detserve.engines.manifest import load_package
 from detserve.models import tflite_runner
 from detserve.models.cli import main
 from detserve.models.evaluate import evaluate_package
-from detserve.models.tflite_checks import detections, metrics, raw_diff, report_markdown
+from detserve.models.tflite_checks import (
+    detections,
+    metrics,
+    raw_diff,
+    report_markdown,
+    round_like_outputs,
+)
 from detserve.models.tflite_export import (
     DEFAULT_PYTHON,
     EnvMissingError,
@@ -131,6 +137,20 @@ def test_raw_diff_separates_boxes_and_scores() -> None:
     assert raw_diff(ref, got, score_threshold=0.95)["confident"]["anchors"] == 0
     with pytest.raises(ValueError, match="share one"):
         raw_diff(ref, got[:1], 0.5)
+
+
+def test_round_like_outputs_uses_each_outputs_scale() -> None:
+    raw = np.zeros((1, 10, 3), np.float32)
+    raw[0, 0] = [0.4, 1.6, 400.0]  # a box row: step 1, zero point 0, clipped at 127
+    raw[0, 4] = [0.30, 0.301, 0.9]  # a score row: step 0.1
+    outputs = [{"shape": [1, 4, 3], "quantization": {"scale": 1.0, "zero_point": 0}},
+               {"shape": [1, 6, 3], "quantization": {"scale": 0.1, "zero_point": -128}}]
+    out = round_like_outputs(raw, outputs)
+    np.testing.assert_allclose(out[0, 0], [0.0, 2.0, 127.0])
+    np.testing.assert_allclose(out[0, 4], [0.3, 0.3, 0.9], atol=1e-6)
+    np.testing.assert_allclose(raw[0, 0], [0.4, 1.6, 400.0], rtol=1e-6)  # not in place
+    float_out = [{"shape": [1, 10, 3], "quantization": None}]
+    np.testing.assert_array_equal(round_like_outputs(raw, float_out), raw)
 
 
 def test_runner_quantizes_input_and_joins_split_outputs() -> None:
