@@ -35,10 +35,18 @@ import contextlib
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from detserve.server.batch_choice import choose_members
+from detserve.server.batch_types import (
+    BatcherClosedError,
+    BatcherFailedError,
+    BatchOutcome,
+    DeadlineExpiredError,
+    Pending,
+    QueueFullError,
+    RunResult,
+)
 from detserve.server.batching_config import BatchingConfig
 from detserve.server.daemon_pool import DaemonThreadPool
 from detserve.server.threadnames import BATCH, name_os_thread
@@ -50,50 +58,6 @@ __all__ = ["BatchOutcome", "Batcher", "BatcherClosedError", "BatcherFailedError"
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class QueueFullError(Exception):
-    """The batcher's queue holds `max_queue_size` requests; maps to RESOURCE_EXHAUSTED."""
-
-
-class DeadlineExpiredError(Exception):
-    """The request's deadline passed before it left the queue; maps to DEADLINE_EXCEEDED."""
-
-
-class BatcherClosedError(RuntimeError):
-    """The batcher is stopping or stopped and takes no new requests; maps to UNAVAILABLE."""
-
-
-class BatcherFailedError(BatcherClosedError):
-    """A worker of the batcher died on an internal error: out of service; UNAVAILABLE."""
-
-
-@dataclass(frozen=True)
-class BatchOutcome(Generic[R]):
-    value: R
-    queue_s: float  # submit -> batch starts running
-    batch_size: int  # items in the engine batch
-    run_s: float  # wall time of run_batch for the whole batch
-
-
-@dataclass(eq=False)
-class _Pending(Generic[T, R]):
-    """One waiting request (one image)."""
-
-    item: T
-    future: asyncio.Future[BatchOutcome[R]]
-    enqueued_at: float  # time.monotonic()
-    deadline: float | None  # time.monotonic() seconds
-    timer: asyncio.TimerHandle | None = field(default=None)
-
-    def expired(self, now: float) -> bool:
-        return self.deadline is not None and now >= self.deadline
-
-
-@dataclass(frozen=True)
-class _RunResult(Generic[R]):
-    results: object  # run_batch's return value, checked before use
-    run_s: float
 
 
 class Batcher(Generic[T, R]):
@@ -129,7 +93,7 @@ class Batcher(Generic[T, R]):
         self.on_fault = on_fault
         # The error a worker died of; set once, the batcher is then out of service.
         self.fault: BaseException | None = None
-        self._queue: collections.deque[_Pending[T, R]] = collections.deque()
+        self._queue: collections.deque[Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._form_lock = asyncio.Lock()
         self._workers: list[asyncio.Task[None]] = []
@@ -183,7 +147,7 @@ class Batcher(Generic[T, R]):
                 f"deadline passed {(now - deadline) * 1e3:.1f} ms before the request was queued"
             )
         loop = asyncio.get_running_loop()
-        pending: _Pending[T, R] = _Pending(item, loop.create_future(), now, deadline)
+        pending: Pending[T, R] = Pending(item, loop.create_future(), now, deadline)
         if deadline is not None:
             pending.timer = loop.call_later(deadline - now, self._expire, pending)
         self._queue.append(pending)
@@ -229,7 +193,7 @@ class Batcher(Generic[T, R]):
 
     # -- queue bookkeeping -------------------------------------------------------------------
 
-    def _drop(self, pending: _Pending[T, R]) -> None:
+    def _drop(self, pending: Pending[T, R]) -> None:
         if pending.timer is not None:
             pending.timer.cancel()
         try:
@@ -238,7 +202,7 @@ class Batcher(Generic[T, R]):
             return  # already taken into a batch or failed
         self._wakeup.set()  # the window may have changed
 
-    def _expire(self, pending: _Pending[T, R]) -> None:
+    def _expire(self, pending: Pending[T, R]) -> None:
         if pending.future.done():
             return
         try:
@@ -249,14 +213,14 @@ class Batcher(Generic[T, R]):
         self._wakeup.set()
 
     @staticmethod
-    def _deadline_error(pending: _Pending[T, R], now: float) -> DeadlineExpiredError:
+    def _deadline_error(pending: Pending[T, R], now: float) -> DeadlineExpiredError:
         waited_ms = (now - pending.enqueued_at) * 1e3
         return DeadlineExpiredError(
             f"deadline expired after {waited_ms:.1f} ms in the queue, before the request ran"
         )
 
     @staticmethod
-    def _settle_error(pending: _Pending[T, R], exc: BaseException) -> None:
+    def _settle_error(pending: Pending[T, R], exc: BaseException) -> None:
         if pending.timer is not None:
             pending.timer.cancel()
         if not pending.future.done():
@@ -266,7 +230,7 @@ class Batcher(Generic[T, R]):
         """Drop cancelled requests and fail expired ones, keeping order."""
         if all(not p.future.done() and not p.expired(now) for p in self._queue):
             return
-        kept: collections.deque[_Pending[T, R]] = collections.deque()
+        kept: collections.deque[Pending[T, R]] = collections.deque()
         for pending in self._queue:
             if pending.future.done():
                 continue
@@ -294,7 +258,7 @@ class Batcher(Generic[T, R]):
         reached = [size for size in cfg.preferred_batch_sizes if size <= count]
         return reached[-1] if reached else 0
 
-    async def _form_batch(self) -> list[_Pending[T, R]] | None:
+    async def _form_batch(self) -> list[Pending[T, R]] | None:
         """Wait for the next batch; None once the batcher is closing and the queue is empty."""
         while True:
             self._wakeup.clear()
@@ -312,7 +276,7 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    def _take(self, size: int) -> list[_Pending[T, R]]:
+    def _take(self, size: int) -> list[Pending[T, R]]:
         now = time.monotonic()
         self._drop_unrunnable(now)
         if self._batch_time_s is None:
@@ -335,7 +299,7 @@ class Batcher(Generic[T, R]):
 
     def _drop_unrunnable(self, now: float) -> None:
         """Drop cancelled requests and fail those that cannot finish even alone."""
-        kept: collections.deque[_Pending[T, R]] = collections.deque()
+        kept: collections.deque[Pending[T, R]] = collections.deque()
         for pending in self._queue:
             if pending.future.done():  # cancelled by its caller
                 if pending.timer is not None:
@@ -348,7 +312,7 @@ class Batcher(Generic[T, R]):
             kept.append(pending)
         self._queue = kept
 
-    def _hopeless(self, pending: _Pending[T, R], now: float) -> DeadlineExpiredError | None:
+    def _hopeless(self, pending: Pending[T, R], now: float) -> DeadlineExpiredError | None:
         """Why `pending` cannot be answered in time (expired, or too little time left for a
         batch of one), or None."""
         if pending.expired(now):
@@ -387,12 +351,12 @@ class Batcher(Generic[T, R]):
             if first and self.on_fault is not None:
                 self.on_fault(exc)
 
-    def _timed_run(self, items: list[T]) -> _RunResult[R]:
+    def _timed_run(self, items: list[T]) -> RunResult[R]:
         start = time.perf_counter()
         results = self._run_batch(items)
-        return _RunResult(results, time.perf_counter() - start)
+        return RunResult(results, time.perf_counter() - start)
 
-    async def _run(self, batch: list[_Pending[T, R]]) -> None:
+    async def _run(self, batch: list[Pending[T, R]]) -> None:
         """Run one batch; every future in it is answered, whatever happens."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -416,7 +380,7 @@ class Batcher(Generic[T, R]):
                     BatcherClosedError(f"batcher {self.name!r} ended before the batch answered"),
                 )
 
-    def _deliver(self, batch: list[_Pending[T, R]], run: _RunResult[R], started: float) -> None:
+    def _deliver(self, batch: list[Pending[T, R]], run: RunResult[R], started: float) -> None:
         results = run.results
         if not isinstance(results, list):
             raise RuntimeError(f"run_batch must return a list, got {type(results).__name__}")
