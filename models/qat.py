@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -83,9 +85,12 @@ class QatRun:
 def use_reference_kernels() -> None:
     """Make NNCF's CPU fake-quant use its torch-native kernels (see the module docstring)."""
     from nncf.torch.quantization import extensions
-    from nncf.torch.quantization.reference import ReferenceQuantizedFunctions
+    from nncf.torch.quantization.reference import torch_executor
 
-    extensions.QuantizedFunctionsCPU._loaded_namespace = ReferenceQuantizedFunctions
+    # The eager functions, not NNCF's torch.compile wrappers of them: compiling recompiles per
+    # tensor shape (dozens of quantizers) until dynamo's limit, which costs minutes on 2 cores.
+    extensions.QuantizedFunctionsCPU._loaded_namespace = SimpleNamespace(
+        Quantize_forward=torch_executor.forward, Quantize_backward=torch_executor.backward)
 
 
 def source_package(src_dir: str | Path, out_dir: str | Path | None = None) -> ModelPackage:
@@ -112,11 +117,6 @@ def _fused(package: ModelPackage) -> QatModule:
     return QatModule(det.float().eval().fuse())
 
 
-def _example(package: ModelPackage) -> Tensor:
-    m = package.manifest
-    return torch.zeros(1, 3, m.input_height, m.input_width)
-
-
 def quantize_torch(package: ModelPackage, source: CalibrationSource, preset: str) -> QatModule:
     """Step 0: the fused model with NNCF fake-quant, ranges from the calibration images."""
     import nncf
@@ -125,13 +125,25 @@ def quantize_torch(package: ModelPackage, source: CalibrationSource, preset: str
     images = [torch.from_numpy(b) for b in calibration_batches(source, package.manifest, 1)]
     nncf_preset = {"mixed": nncf.QuantizationPreset.MIXED,
                    "performance": nncf.QuantizationPreset.PERFORMANCE}[preset]  # fmt: skip
-    # NNCF draws progress bars on stdout; callers keep stdout for their one result line.
-    with contextlib.redirect_stdout(sys.stderr):
+    # NNCF draws progress bars on stdout (callers keep stdout for their one result line) and
+    # logs a line per op it leaves unquantized.
+    with contextlib.redirect_stdout(sys.stderr), _nncf_warnings_only():
         model = nncf.quantize(
             _fused(package), nncf.Dataset(images), subset_size=len(images), preset=nncf_preset,
             ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), validate=False),
         )  # fmt: skip
     return model.eval()  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _nncf_warnings_only() -> Iterator[None]:
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def lr_at(step: int, cfg: QatConfig) -> float:
@@ -214,7 +226,7 @@ def _load(path: Path) -> dict[str, Any]:
 def _restore(package: ModelPackage, ck: dict[str, Any]) -> QatModule:
     from nncf.torch import load_from_config
 
-    model = load_from_config(_fused(package), ck["nncf_config"], _example(package))
+    model = load_from_config(_fused(package), ck["nncf_config"])
     model.load_state_dict(ck["state"])
     return model.eval()  # type: ignore[no-any-return]
 
