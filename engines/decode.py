@@ -76,8 +76,8 @@ def _decode_yolov8_image(
         cand, class_ids, scores = cand[top], class_ids[top], scores[top]
     cx, cy, w, h = pred[0, cand], pred[1, cand], pred[2, cand], pred[3, cand]
     xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
-    kept = batched_nms_keep(xyxy, scores, class_ids, params.iou_threshold, nms_method)
-    kept = kept[: params.max_detections]
+    kept = batched_nms_keep(xyxy, scores, class_ids, params.iou_threshold, nms_method,
+                            params.max_detections)
     return Detections(
         boxes=_map_back(xyxy[kept], box),
         scores=scores[kept].astype(np.float32),

@@ -84,6 +84,25 @@ def test_numpy_and_cv2_agree_on_random_boxes(seed: int) -> None:
         assert len(b) > len(a)  # classes do not suppress each other
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_max_keep_is_the_first_kept_boxes(method: str) -> None:
+    # Greedy NMS stops at max_keep (the request's max_detections): the boxes it keeps must be
+    # exactly the first max_keep of the full run, in the same order.
+    rng = np.random.default_rng(7)
+    n = 400
+    xy = rng.uniform(0, 300, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (n, 2))], axis=1).astype(np.float32)
+    scores = rng.uniform(0, 1, n).astype(np.float32)
+    classes = rng.integers(0, 3, n)
+    full = nms_keep(boxes, scores, 0.5, method)
+    full_b = batched_nms_keep(boxes, scores, classes, 0.5, method)
+    assert len(full) > 20 and len(full_b) > 20
+    for k in (0, 1, 5, 20, len(full) + 10):
+        np.testing.assert_array_equal(nms_keep(boxes, scores, 0.5, method, k), full[:k])
+        np.testing.assert_array_equal(
+            batched_nms_keep(boxes, scores, classes, 0.5, method, k), full_b[:k])
+
+
 def test_bad_arguments_named() -> None:
     boxes = arr([[0, 0, 1, 1]])
     with pytest.raises(ValueError, match=r"iou_threshold must be in \(0, 1\], got 1.5"):
@@ -92,3 +111,5 @@ def test_bad_arguments_named() -> None:
         nms_keep(boxes, np.ones(2, np.float32), 0.5)
     with pytest.raises(ValueError, match=r"NMS method must be one of .*got 'torch'"):
         nms_keep(boxes, np.ones(1, np.float32), 0.5, "torch")
+    with pytest.raises(ValueError, match=r"max_keep must be None or an integer >= 0, got -1"):
+        nms_keep(boxes, np.ones(1, np.float32), 0.5, "numpy", -1)
