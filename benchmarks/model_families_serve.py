@@ -26,7 +26,8 @@ async def _detect_once(package: Path) -> dict[str, Any]:
     try:
         image = render_scene(split_seeds("val", 1)[0], 640, 480).image
         ok, png = cv2.imencode(".png", image[:, :, ::-1])
-        assert ok
+        if not ok:
+            raise RuntimeError("OpenCV could not encode the val scene as PNG")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.DetectorStub(channel)  # type: ignore[no-untyped-call]
             listed = await stub.ListModels(pb.ListModelsRequest())

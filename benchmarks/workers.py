@@ -124,7 +124,8 @@ async def run(args: Any) -> None:
             levels: list[dict[str, Any]] = []
             async with server_process(model, setting, args.out, name,
                                       {**base, "workers": workers}) as proc:
-                assert proc.proc is not None
+                if proc.proc is None:
+                    raise RuntimeError(f"server {name} has no process after it started")
                 for level in args.concurrency:
                     plan = LoadPlan("closed", (float(level),), settings)
                     result, cpu = await measure_level(proc.proc.pid, proc.target, requests,
