@@ -6,7 +6,9 @@
 Rows: the default model's weights (models/packages/shapes_320/model.pt) exported at 320, 640
 and 1280 (the same weights, so the rows differ only in input size), and the torchvision packages
 that `python -m detserve.models.torchvision_export` wrote in its own environment (their params,
-GFLOPs and parity come from its export.json, since torchvision is not installed here).
+GFLOPs and parity come from its export.json, since torchvision is not installed here), and
+the YOLOv8 packages of benchmarks/yolo_families.sh (--ultralytics; random weights, so speed and
+size only; see benchmarks/yolo_rows.py).
 
 Each package is measured in a subprocess of its own, so its peak RSS (VmHWM) is its own:
 ONNX Runtime FP32 on the CPU (2 intra-op threads), `engine.infer` + `decode_batch` (the served
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from model_families_serve import detect_once
+from yolo_rows import YoloRowError, parse_spec, yolo_row
 
 from detserve.engines.base import DecodeParams, Letterbox
 from detserve.engines.decode import decode_batch
@@ -177,6 +180,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--torchvision", nargs="*", type=Path, default=[],
                    help="torchvision package dirs written by detserve.models.torchvision_export")
+    p.add_argument("--ultralytics", nargs="*", default=[], metavar="DIR[:BATCHES]",
+                   help="YOLOv8 packages from benchmarks/yolo_families.sh; ':1' times batch 1 only")
+    p.add_argument("--no-default", action="store_true",
+                   help="skip the default model's rows (measure only the packages named)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/model_families"))
     p.add_argument("--work", type=Path, default=Path("runs/model_families"))
     p.add_argument("--one", type=Path, default=None, help=argparse.SUPPRESS)
@@ -186,15 +193,23 @@ def main() -> int:
     if args.one is not None:
         print(json.dumps(measure_one(args.one, batches)))
         return 0
+    try:  # before any timing: a wrong folder fails in a second, not after the default rows
+        yolo = [(spec, yolo_row(spec)) for spec in map(parse_spec, args.ultralytics)]
+    except YoloRowError as e:
+        print(f"model_families: {e}", file=sys.stderr)
+        return 2
     started = time.time()
     load_start = os.getloadavg()
     rows = []
-    for root, facts in _default_packages(args.work):
+    for root, facts in [] if args.no_default else _default_packages(args.work):
         rows.append({**facts, **_measure(root, batches)})
         print(json.dumps(rows[-1]), flush=True)
     for root, facts in _torchvision_packages(args.torchvision):
         # One-image graphs run image by image, so batch 8 costs 8 batch-1 runs: batch 1 only.
         rows.append({**facts, **_measure(root, [1]), "served": detect_once(root)})
+        print(json.dumps(rows[-1]), flush=True)
+    for spec, facts in yolo:
+        rows.append({**facts, **_measure(spec.root, list(spec.batches))})
         print(json.dumps(rows[-1]), flush=True)
     load_end = os.getloadavg()
     doc: dict[str, Any] = {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The YOLOv8 rows of the model-selection table: build n/s/m/x from Ultralytics' yaml (random
+# weights: speed and size only), export with Ultralytics' exporter in .venv-yolo
+# (models/ultralytics_env.sh), import each ONNX file with the test install's
+# `detserve-model import` (COCO names), then time them with benchmarks/model_families.py.
+#   benchmarks/yolo_families.sh [WORK] [-- model_families.py args...]
+# Batch 8 for n and s only: on a 2-core CPU m and x take seconds per image.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+work="${1:-runs/yolo}"
+shift || true
+[ "${1:-}" = "--" ] && shift
+yolo_py="${YOLO_PYTHON:-$here/.venv-yolo/bin/python}"
+if [ ! -x "$yolo_py" ]; then
+  echo "yolo_families: no $yolo_py; make it with models/ultralytics_env.sh" >&2
+  exit 2
+fi
+"$yolo_py" "$here/benchmarks/yolo_export.py" --out "$work" n s m x
+for s in n s m x; do
+  "$here/.venv/bin/detserve-model" import "$work/yolov8$s.onnx" --names coco --name "yolov8$s" \
+    --out "$work/yolov8$s" --force
+  cp "$work/yolov8$s.export.json" "$work/yolov8$s/export.json"
+done
+"$here/.venv/bin/python" "$here/benchmarks/model_families.py" \
+  --ultralytics "$work/yolov8n" "$work/yolov8s" "$work/yolov8m:1" "$work/yolov8x:1" "$@"
