@@ -28,13 +28,16 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import cv2
 import numpy as np
 
 from detserve.client.bench.served import ServedDefault, load_served_default
 from detserve.client.images import encode_rgb, synthetic_images
+from detserve.engines.base import DecodeParams
+from detserve.engines.decode import decode_batch
 from detserve.engines.factory import create_engine
 from detserve.engines.manifest import Manifest, load_package
 from detserve.engines.pipeline import infer_pixels
@@ -45,7 +48,11 @@ from detserve.engines.preprocess import (
     prepare_decoded,
     prepare_pixels,
 )
+from detserve.protos import detection_pb2 as pb
+from detserve.server.catalog import ModelView
 from detserve.server.config import resolve_package
+from detserve.server.detect import build_response
+from detserve.server.engine_pool import ItemResult
 
 
 def package_path(served: ServedDefault) -> Path:
@@ -110,12 +117,41 @@ def engines(served: ServedDefault, batch: int) -> dict[str, Callable[[], object]
     }
 
 
+def postprocess(served: ServedDefault, batch: int) -> dict[str, Callable[[], object]]:
+    """Host decode + NMS of one real engine output, at an eval-like score threshold (0.001,
+    many candidates), with the manifest's max_detections cap against none (the cap now stops
+    the greedy NMS loop); and the reply for the detections at the served threshold."""
+    package = load_package(package_path(served))
+    m = package.manifest
+    engine = create_engine(package, served.engine, {**served.engine_options})
+    images = synthetic_images(batch, 640, 480)
+    prepared = [prepare_pixels(im, m) for im in images]
+    outputs = infer_pixels(engine, np.stack([p.pixels for p in prepared]))
+    boxes = [p.letterbox for p in prepared]
+    post = m.postprocess
+    capped = [DecodeParams(0.001, post.iou_threshold, post.max_detections)] * batch
+    uncapped = [DecodeParams(0.001, post.iou_threshold, 1 << 20)] * batch
+    served_params = [DecodeParams.from_manifest(m)] * batch
+    dets = decode_batch(outputs, m, boxes, served_params)[0]
+    view = cast(ModelView, SimpleNamespace(key="shapes@320", manifest=m))
+    result = ItemResult(dets, 0.0, 0.0, batch)
+    request = pb.DetectRequest(request_id="r")
+    return {
+        f"host NMS, score 0.001, max_detections {post.max_detections} (per batch of {batch})":
+            lambda: decode_batch(outputs, m, boxes, capped),
+        f"host NMS, score 0.001, uncapped (per batch of {batch})":
+            lambda: decode_batch(outputs, m, boxes, uncapped),
+        f"reply build + serialize, {len(dets.scores)} detections (per image)":
+            lambda: build_response(request, view, result).SerializeToString(),
+    }
+
+
 def report(doc: dict[str, Any]) -> str:
     lines = [f"# Data path of the served default ({doc['when']})", "",
              f"Command: `{doc['command']}`", "",
              f"Inputs: {doc['inputs']}", "",
              "| stage | variant | median ms | min ms |", "|---|---|---|---|"]
-    for stage in ("front_end_per_image", "engine_per_batch"):
+    for stage in ("front_end_per_image", "engine_per_batch", "postprocess"):
         for name, t in doc[stage].items():
             lines.append(f"| {stage} | {name} | {t['median_ms']:.3f} | {t['min_ms']:.3f} |")
     return "\n".join(lines) + "\n"
@@ -149,6 +185,7 @@ def main() -> None:
                   "engine_options": served.engine_options},
         "front_end_per_image": rounds_of(fronts, args.rounds, 50),
         "engine_per_batch": rounds_of(engines(served, args.batch_size), args.rounds, 5),
+        "postprocess": rounds_of(postprocess(served, args.batch_size), args.rounds, 20),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(doc, indent=1))
