@@ -227,6 +227,7 @@ def test_report_markdown_lists_each_model() -> None:
 
 @needs_env
 @needs_val
+@pytest.mark.timeout(1500)  # two onnx2tf conversions: 2.5 min on an idle 2-core host, more shared
 def test_export_in_the_tflite_env(tmp_path: Path) -> None:
     """The whole command on 8 val images, INT8 calibrated on 8 scenes."""
     rc = main(["export-tflite", str(PKG), "--out", str(tmp_path), "--int8", "--n", "8",
