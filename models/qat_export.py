@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,17 @@ def _quantizers(model: torch.nn.Module) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, BaseQuantizer)]
 
 
+@contextlib.contextmanager
+def _no_trace_warnings() -> Iterator[None]:
+    """Both exports trace the model. The tracer's own check compares the trace (quantizers in
+    export form, integer zero points) with the training-form forward and warns at every rounding
+    difference, NNCF's scalar reads warn per quantizer, and torch flags its TorchScript exporter
+    as deprecated (it is the one that knows NNCF's export symbolics); none is news to the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def export_qdq_onnx(run: QatRun, path: Path) -> int:
     """Write the model as QDQ ONNX; returns its QuantizeLinear count."""
     import onnx
@@ -59,7 +72,8 @@ def export_qdq_onnx(run: QatRun, path: Path) -> int:
     x = torch.zeros(1, 3, run.package.manifest.input_height, run.package.manifest.input_width)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     try:
-        with contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"), torch.no_grad():
+        with contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"), torch.no_grad(), \
+                _no_trace_warnings():
             torch.onnx.export(run.model, (x,), str(path), input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes=axes,
                               opset_version=QDQ_OPSET, dynamo=False)  # fmt: skip
@@ -77,7 +91,7 @@ def export_openvino_ir(run: QatRun, path: Path) -> int:
 
     m = run.package.manifest
     x = torch.zeros(1, 3, m.input_height, m.input_width)
-    with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
+    with contextlib.redirect_stdout(sys.stderr), torch.no_grad(), _no_trace_warnings():
         ir = ov.convert_model(run.model, example_input=x,
                               input=[ov.PartialShape([-1, 3, m.input_height, m.input_width])])
     ir.inputs[0].get_tensor().set_names({INPUT_NAME})
