@@ -30,13 +30,14 @@ SCALES = ("n", "s", "m", "x")
 
 
 def _torchscript_exporter() -> str:
-    """Ultralytics 8.3.0 was written for torch.onnx's TorchScript exporter (the default until
-    torch 2.9); torch 2.13 defaults to the dynamo one, which Ultralytics does not drive. Passing
-    dynamo=False keeps the export the one Ultralytics ships."""
+    """Ultralytics 8.3.100 was written for torch.onnx's TorchScript exporter (the default until
+    torch 2.9) and does not name one; torch 2.13 defaults to dynamo, so ask for TorchScript."""
     import torch
+    import ultralytics
 
     torch.onnx.export = functools.partial(torch.onnx.export, dynamo=False)
-    return "ultralytics 8.3.0 export(format='onnx') with torch.onnx dynamo=False (TorchScript)"
+    return (f"ultralytics {ultralytics.__version__} export(format='onnx'), torch.onnx "
+            "dynamo=False (TorchScript)")
 
 
 def _gflops(net: Any) -> float:

@@ -20,8 +20,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from yolo_rows import YoloRowError, YoloSpec, parse_spec, yolo_row  # noqa: E402
 
 YOLO_PY = REPO / ".venv-yolo" / "bin" / "python"
-# The environment is whole once Ultralytics is in (models/ultralytics_env.sh installs it last
-# but one); a half-made one skips too.
+# The environment is whole once Ultralytics is in (models/ultralytics_env.sh installs it last);
+# a half-made one skips too.
 HAS_YOLO_ENV = any((REPO / ".venv-yolo").glob("lib/python3*/site-packages/ultralytics/__init__.py"))
 
 
