@@ -226,10 +226,14 @@ def main() -> int:
         f"NMS {r['served']['nms']}), one Detect: {r['served']['detections']} detections\n"
         for r in rows if "served" in r
     )
+    resolution = _resolution_table(rows)
     report = (f"# Model families\n\nMachine: {doc['machine']}; load average "
               f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end.\n\n"
-              f"`{doc['command']}`\n\n{_table(rows)}\n## Resolution (the default model's "
-              f"weights)\n\n{_resolution_table(rows)}\n## Served\n\n{served}")
+              f"`{doc['command']}`\n\n{_table(rows)}")
+    if resolution:  # absent with --no-default
+        report += f"\n## Resolution (the default model's weights)\n\n{resolution}"
+    if served:
+        report += f"\n## Served\n\n{served}"
     (args.out / "report.md").write_text(report)
     print(report)
     return 0

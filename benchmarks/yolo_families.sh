@@ -7,6 +7,7 @@
 # Batch 8 for n and s only: on a 2-core CPU m and x take seconds per image.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"  # relative paths, so the command recorded in results.json is the repo's own
 work="${1:-runs/yolo}"
 shift || true
 [ "${1:-}" = "--" ] && shift
@@ -15,11 +16,11 @@ if [ ! -x "$yolo_py" ]; then
   echo "yolo_families: no $yolo_py; make it with models/ultralytics_env.sh" >&2
   exit 2
 fi
-"$yolo_py" "$here/benchmarks/yolo_export.py" --out "$work" n s m x
+"$yolo_py" benchmarks/yolo_export.py --out "$work" n s m x
 for s in n s m x; do
-  "$here/.venv/bin/detserve-model" import "$work/yolov8$s.onnx" --names coco --name "yolov8$s" \
+  .venv/bin/detserve-model import "$work/yolov8$s.onnx" --names coco --name "yolov8$s" \
     --out "$work/yolov8$s" --force
   cp "$work/yolov8$s.export.json" "$work/yolov8$s/export.json"
 done
-"$here/.venv/bin/python" "$here/benchmarks/model_families.py" \
+.venv/bin/python benchmarks/model_families.py \
   --ultralytics "$work/yolov8n" "$work/yolov8s" "$work/yolov8m:1" "$work/yolov8x:1" "$@"
