@@ -11,8 +11,12 @@ Rows (all on the same val set through the server's path, `detserve.models.evalua
   --engine E ...`); a finished fine-tune in WORK/finetune with the same settings is reused.
 Writes OUT/results.json and OUT/report.md.
 
-    .venv/bin/python benchmarks/qat_vs_ptq.py --package models/packages/shapes_320 \\
-        --data data/sets/val --out benchmarks/results/qat
+    .venv/bin/python benchmarks/qat_vs_ptq.py --steps 40 --warmup-steps 4 --lr 1e-4 \\
+        --train-scenes 1200 --limit 300 --no-controls --wait-for-fine-tune
+
+(the committed run, reusing the fine-tune of `detserve-model quantize-qat models/packages/shapes_320
+--engine openvino --work-dir runs/qat_vs_ptq/finetune --steps 40 --warmup-steps 4 --lr 1e-4
+--train-scenes 1200 --threads 1`).
 """
 
 from __future__ import annotations
@@ -217,7 +221,13 @@ def report_md(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     args = _args(argv)
+    # Before any torch work (the step-0 calibration runs before the fine-tune sets it): with 2
+    # torch threads on the loaded 2-core host it had not finished after 13 min, where
+    # quantize-qat's 1-thread calibration took 2 min 43 s.
+    torch.set_num_threads(args.threads)
     started = time.monotonic()
     doc: dict[str, Any] = {"command": " ".join([".venv/bin/python", *sys.argv]),
                            "machine": machine(), "versions": versions(),
