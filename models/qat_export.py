@@ -139,7 +139,9 @@ def qat_metadata(run: QatRun, engine: str, quantize_ops: int) -> dict[str, Any]:
             "loss_first": run.losses[0] if run.losses else None,
             "loss_last_50_mean": sum(tail) / len(tail) if tail else None,
             "fine_tune_seconds": round(run.seconds, 1), "threads": cfg.threads,
-            "machine": machine_description(),
+            # machine_description states the trainer's fixed 2 threads; say this run's.
+            "machine": machine_description().replace("set_num_threads(2)",
+                                                     f"set_num_threads({cfg.threads})"),
         },
     }  # fmt: skip
 
