@@ -187,6 +187,13 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
                 if gain_small < -SAME_POINTS else "no difference beyond "
                 f"{SAME_POINTS} point between QAT and PTQ")  # fmt: skip
         lines.append(f"{engine}: {word} on AP_small ({'; '.join(parts)}).")
+        step0 = qat.replace("qat_", "nncf0_")
+        if step0 in by:  # the same model before the fine-tune: what the steps themselves did
+            d = _points(by[qat]["AP_small@0.5:0.95"], by[step0]["AP_small@0.5:0.95"]) or 0.0
+            d50 = _points(by[qat]["mAP@0.5:0.95"], by[step0]["mAP@0.5:0.95"])
+            lines.append(f"{engine}: the fine-tune itself, QAT against its own step 0 (NNCF "
+                         f"placement, no steps): AP_small {d:+.2f}, mAP@0.5:0.95 {d50:+.2f} "
+                         "points.")  # fmt: skip
     return lines
 
 
