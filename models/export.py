@@ -15,6 +15,7 @@ import contextlib
 import copy
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def export_onnx(model: Detector, path: str | Path, input_size: int, opset: int =
     example = torch.zeros(2, 3, input_size, input_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
     # The exporter narrates every stage on stdout/logging; keep the CLI output readable.
-    with contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"), torch.no_grad():
+    with contextlib.redirect_stdout(io.StringIO()), quiet_logger("torch.onnx"), torch.no_grad():
         program = torch.onnx.export(
             fused, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), optimize=True,
@@ -79,14 +80,15 @@ def export_onnx(model: Detector, path: str | Path, input_size: int, opset: int =
 
 
 @contextlib.contextmanager
-def _quiet(name: str):  # type: ignore[no-untyped-def]
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Logger `name` at `level` for the block, then as it was."""
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    previous = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(previous)
 
 
 def parity_inputs(input_size: int, batch: int, seed: int = 0) -> np.ndarray:

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from detserve.engines.manifest import ModelPackage, load_package
 from detserve.models.detector import Detector, load_checkpoint
+from detserve.models.export import quiet_logger
 from detserve.models.qat_config import QatConfig
 from detserve.models.quantize import CalibrationSource, _check_out, calibration_batches
 
@@ -127,23 +128,12 @@ def quantize_torch(package: ModelPackage, source: CalibrationSource, preset: str
                    "performance": nncf.QuantizationPreset.PERFORMANCE}[preset]  # fmt: skip
     # NNCF draws progress bars on stdout (callers keep stdout for their one result line) and
     # logs a line per op it leaves unquantized.
-    with contextlib.redirect_stdout(sys.stderr), _nncf_warnings_only():
+    with contextlib.redirect_stdout(sys.stderr), quiet_logger("nncf", logging.WARNING):
         model = nncf.quantize(
             _fused(package), nncf.Dataset(images), subset_size=len(images), preset=nncf_preset,
             ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), validate=False),
         )  # fmt: skip
     return model.eval()  # type: ignore[no-any-return]
-
-
-@contextlib.contextmanager
-def _nncf_warnings_only() -> Iterator[None]:
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def lr_at(step: int, cfg: QatConfig) -> float:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from detserve.engines.manifest import write_manifest
-from detserve.models.export import INPUT_NAME, OUTPUT_NAME, _quiet
+from detserve.models.export import INPUT_NAME, OUTPUT_NAME, quiet_logger
 from detserve.models.package import machine_description
 from detserve.models.qat import FLOAT_PATTERNS, QatRun
 from detserve.models.quantize import _check_out, _derived_metadata
@@ -72,8 +72,8 @@ def export_qdq_onnx(run: QatRun, path: Path) -> int:
     x = torch.zeros(1, 3, run.package.manifest.input_height, run.package.manifest.input_width)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     try:
-        with contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"), torch.no_grad(), \
-                _no_trace_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), quiet_logger("torch.onnx"), \
+                torch.no_grad(), _no_trace_warnings():
             torch.onnx.export(run.model, (x,), str(path), input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes=axes,
                               opset_version=QDQ_OPSET, dynamo=False)  # fmt: skip
