@@ -9,6 +9,8 @@ override parts of it; see detserve.client.bench.served.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +30,25 @@ from detserve.client.bench.served import (
 from detserve.client.bench.server_proc import BatchSetting, ServerProcess, free_port, server_config
 from detserve.client.bench.sweep import resolve_package
 from detserve.protos import detection_pb2 as pb
+
+PACKAGES = Path(__file__).resolve().parents[1] / "models" / "packages"
+
+
+def model_cli(*args: str) -> None:
+    """`detserve-model ARGS` in this interpreter, echoed; raises if it fails."""
+    print("+ detserve-model " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "detserve.models.cli", *args], check=True)
+
+
+def default_weights_at(side: int, out: Path, by: str) -> Path:
+    """The default model's weights (models/packages/shapes_320/model.pt) exported as an FP32
+    package at input `side` into `out`, once; `by` names the script, for its model card."""
+    if not (out / "manifest.yaml").is_file():
+        model_cli("package", str(PACKAGES / "shapes_320" / "model.pt"), "--out", str(out),
+                  "--input-size", str(side), "--multi-label", "--train-command",
+                  f"the weights of models/packages/shapes_320 (model.pt), re-exported at {side} "
+                  f"by {by}", "--data", "as models/packages/shapes_320")
+    return out
 
 
 def base_parser(description: str, default_out: str) -> argparse.ArgumentParser:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import server_process
+from _common import PACKAGES, default_weights_at, model_cli, server_process
 
 from detserve.client.bench import hostload
 from detserve.client.bench.inputs import InputSpec, build_requests, load_inputs
@@ -52,7 +52,6 @@ from detserve.client.bench.sweep import resolve_package
 
 SIDES = (320, 640, 1280)
 BATCHES = (1, 2, 4, 8)
-PACKAGES = Path(__file__).resolve().parents[1] / "models" / "packages"
 OV_OPTIONS = {"num_threads": 2, "num_streams": 1, "performance_hint": "LATENCY",
               "precision": "int8"}
 SERVED_OPTIONS = {**OV_OPTIONS, "static_batch_sizes": [1, 2, 4, 8], "pixel_input": True}
@@ -126,23 +125,13 @@ def _run_child(cfg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     return result
 
 
-def _model_cli(*args: str) -> None:
-    cmd = [sys.executable, "-m", "detserve.models.cli", *args]
-    print("+ detserve-model " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
-
-
 def make_1280(work: Path, calib_n: int) -> dict[str, str]:
     """The 1280 packages from the committed weights (made once; kept in `work`)."""
-    fp32, int8 = work / "shapes_1280", work / "shapes_1280_int8"
-    if not (fp32 / "manifest.yaml").is_file():
-        _model_cli("package", str(PACKAGES / "shapes_320" / "model.pt"), "--out", str(fp32),
-                   "--input-size", "1280", "--multi-label", "--train-command",
-                   "the weights of models/packages/shapes_320 (model.pt), re-exported at 1280 "
-                   "by benchmarks/memory.py", "--data", "as models/packages/shapes_320")
+    fp32 = default_weights_at(1280, work / "shapes_1280", "benchmarks/memory.py")
+    int8 = work / "shapes_1280_int8"
     if not (int8 / "manifest.yaml").is_file():
-        _model_cli("quantize", str(fp32), "--int8", "--engine", "openvino", "--n", str(calib_n),
-                   "--out", str(int8))
+        model_cli("quantize", str(fp32), "--int8", "--engine", "openvino", "--n", str(calib_n),
+                  "--out", str(int8))
     return {"shapes_1280": str(fp32), "shapes_1280_int8": str(int8)}
 
 

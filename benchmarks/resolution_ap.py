@@ -22,36 +22,24 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from _common import PACKAGES, default_weights_at, model_cli
+
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = REPO / "models" / "packages"
 SIDES = (320, 640, 1280)
-
-
-def _model_cli(*args: str) -> None:
-    cmd = [sys.executable, "-m", "detserve.models.cli", *args]
-    print("$ detserve-model " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def make_1280(work: Path) -> Path:
     """The 1280 FP32 package from the committed weights (made once; kept in `work`)."""
-    fp32 = work / "shapes_1280"
-    if not (fp32 / "manifest.yaml").is_file():
-        _model_cli("package", str(PACKAGES / "shapes_320" / "model.pt"), "--out", str(fp32),
-                   "--input-size", "1280", "--multi-label", "--train-command",
-                   "the weights of models/packages/shapes_320 (model.pt), re-exported at 1280 "
-                   "by benchmarks/resolution_ap.py", "--data", "as models/packages/shapes_320")
-    return fp32
+    return default_weights_at(1280, work / "shapes_1280", "benchmarks/resolution_ap.py")
 
 
 def ensure_val(data: Path) -> Path:
     if not (data / "annotations.json").is_file():
-        _model_cli("make-dataset", str(data.parent), "-n", "500", "--split", "val")
+        model_cli("make-dataset", str(data.parent), "-n", "500", "--split", "val")
     return data
 
 
@@ -60,7 +48,7 @@ def evaluate(package: Path, data: Path, out: Path, side: int, limit: int | None)
             "--engine-option", "precision=f32", "--out", str(out), "--stem", f"eval_{side}"]
     if limit is not None:
         args += ["--limit", str(limit)]
-    _model_cli(*args)
+    model_cli(*args)
     result: dict[str, Any] = json.loads((out / f"eval_{side}.json").read_text())
     return result
 
