@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# The YOLOv8 rows of the model-selection table: build n/s/m/x from Ultralytics' yaml (random
+# The YOLOv8 packages of the model-selection table: build n/s/m/x from Ultralytics' yaml (random
 # weights: speed and size only), export with Ultralytics' exporter in .venv-yolo
-# (models/ultralytics_env.sh), import each ONNX file with the test install's
-# `detserve-model import` (COCO names), then time them with benchmarks/model_families.py.
-#   benchmarks/yolo_families.sh [WORK] [-- model_families.py args...]
-# Batch 8 for n and s only: on a 2-core CPU m and x take seconds per image.
+# (models/ultralytics_env.sh), and import each ONNX file with the test install's
+# `detserve-model import` (COCO names). benchmarks/model_families.sh runs it when they are
+# missing and times them with the other rows.
+#   benchmarks/yolo_families.sh [WORK]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"  # relative paths, so the command recorded in results.json is the repo's own
 work="${1:-runs/yolo}"
-shift || true
-[ "${1:-}" = "--" ] && shift
 yolo_py="${YOLO_PYTHON:-$here/.venv-yolo/bin/python}"
 if [ ! -x "$yolo_py" ]; then
   echo "yolo_families: no $yolo_py; make it with models/ultralytics_env.sh" >&2
@@ -22,5 +20,3 @@ for s in n s m x; do
     --out "$work/yolov8$s" --force
   cp "$work/yolov8$s.export.json" "$work/yolov8$s/export.json"
 done
-.venv/bin/python benchmarks/model_families.py \
-  --ultralytics "$work/yolov8n" "$work/yolov8s" "$work/yolov8m:1" "$work/yolov8x:1" "$@"
