@@ -8,8 +8,8 @@ Per model (`ModelAdmission`):
 - `max_queue_size` bounds the requests waiting in the server: admitted and not yet in an engine,
   so the decode stage counts as well as the batcher queue.
 - `max_queue_wait_s` bounds the expected wait: what is left of the soonest-ending running batch
-  if every engine is busy, then one measured batch time per full round of waiting requests,
-  plus the decode backlog. A request
+  if every engine is busy, then one measured batch time per full round of waiting requests, or
+  the decode backlog if that ends later (decode threads work while the engines run). A request
   whose expected wait plus one batch run exceeds its remaining deadline is refused with
   DEADLINE_EXCEEDED at once, since it could only be answered late.
 
@@ -145,18 +145,20 @@ class ModelAdmission:
         return self.held - self.load.running_items
 
     def expected_wait_s(self) -> float:
-        """Expected time before a request arriving now starts its engine run: what is left of
-        the batch that ends first when every engine is busy, one full batch per round of
-        requests waiting ahead, and the decode backlog."""
+        """Expected time before a request arriving now starts its engine run: the later of
+        its engine turn (what is left of the batch that ends first when every engine is busy,
+        then one full batch per round of requests waiting ahead) and its own decode (after
+        the decode backlog). Decode threads work while the engines run, so the two overlap;
+        adding them would refuse requests that would be answered in time."""
         engine_free_s = 0.0
         if self.engines_busy:
             started, size = min(self.load.running)
             elapsed = time.monotonic() - started
             engine_free_s = max(self.times.batch_time_s(size) - elapsed, 0.0)
         rounds = self.waiting // self.slots_per_round
-        full_s = self.times.batch_time_s(self.max_batch_size)
-        decode_s = (self.times.decode_s or 0.0) * self.decoding / self.decode_threads
-        return engine_free_s + rounds * full_s + decode_s
+        engine_turn_s = engine_free_s + rounds * self.times.batch_time_s(self.max_batch_size)
+        decoded_s = (self.times.decode_s or 0.0) * (self.decoding // self.decode_threads + 1)
+        return max(engine_turn_s, decoded_s)
 
     def expected_answer_s(self) -> float:
         """Expected time to answer a request arriving now: its wait, then its own batch. With
