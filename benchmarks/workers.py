@@ -4,7 +4,7 @@ engine options and batching) with 640x480 JPEGs.
 
     .venv/bin/python benchmarks/workers.py --out benchmarks/results/workers
 
-Settings alternate (workers 1, workers 2, then again, --rounds times), each a detserve-server
+Settings run in rounds (both in each round, see below), each a detserve-server
 subprocess driven by closed loops at --concurrency, the load spread over --channels
 connections (so the kernel hands calls to both front ends). Around each level the script reads
 the server's CPU time from /proc (detserve.client.bench.proccpu):
@@ -16,14 +16,17 @@ the server's CPU time from /proc (detserve.client.bench.proccpu):
   runs), ÷ the requests. Batch forming and admission run on this process's event loop, so
   they are in its front-end share here, and in the engine process with workers.
 
-Saturation is each setting's best clean level (no errors); the ratio is the mean of the
-workers-2 rounds over the mean of the workers-1 rounds. Writes results.json, results.csv and
+Saturation is each setting's best clean level (no errors). Each round runs both settings back
+to back, in turn first (this machine's speed drifts by more than the effect over minutes), and
+gives one ratio, workers 2 ÷ workers 1; the headline is the median of the rounds' ratios, with
+the ratio of the means beside it. Writes results.json, results.csv and
 report.md (the standard per-level report and plots) and summary.md (the figures above).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import statistics
 from pathlib import Path
 from typing import Any
@@ -85,25 +88,31 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
                        f"{cpu['engine_us_per_request']} | {cpu['supervisor_us_per_request']} | "
                        f"{s.client_cpu_cores:.2f} |")
     out += ["", "At saturation:", ""]
-    sat: dict[int, list[float]] = {1: [], 2: []}
-    fe: dict[int, list[float]] = {1: [], 2: []}
+    sat: dict[int, list[float]] = collections.defaultdict(list)
+    fe: dict[int, list[float]] = collections.defaultdict(list)
+    by_round: dict[int, dict[int, float]] = {}
     for row in rows:
         best = best_clean(row["levels"])
         if best is None:
             out.append(f"- {row['name']}: no clean level")
             continue
+        by_round.setdefault(row["round"], {})[row["workers"]] = best["summary"].throughput_rps
         sat[row["workers"]].append(best["summary"].throughput_rps)
         fe[row["workers"]].append(best["cpu"]["frontend_us_per_request"])
         out.append(f"- {row['name']}: {best['summary'].throughput_rps:.1f} req/s at "
                    f"{best['summary'].spec.level:g} callers, front end "
                    f"{best['cpu']['frontend_us_per_request']} µs of CPU per request")
-    if sat[1] and sat[2]:
-        ratio = statistics.mean(sat[2]) / statistics.mean(sat[1])
-        out += ["", f"**workers 2 ÷ workers 1 at saturation: {ratio:.3f}** "
-                f"({statistics.mean(sat[2]):.1f} against {statistics.mean(sat[1]):.1f} req/s, "
-                f"means of {len(sat[2])} and {len(sat[1])} rounds; target ≥ 0.95)",
+    n = max(sat, default=1)  # the second setting's front ends
+    ratios = [r[n] / r[1] for r in by_round.values() if 1 in r and n in r and n != 1]
+    if ratios:
+        of_means = statistics.mean(sat[n]) / statistics.mean(sat[1])
+        out += ["", f"**workers {n} ÷ workers 1 at saturation: {statistics.median(ratios):.3f}** "
+                f"(median of {len(ratios)} rounds' ratios: "
+                f"{', '.join(f'{r:.3f}' for r in ratios)}; target ≥ 0.95); ratio of the means "
+                f"{of_means:.3f} ({statistics.mean(sat[n]):.1f} against "
+                f"{statistics.mean(sat[1]):.1f} req/s)",
                 f"**front-end CPU per request at saturation: {statistics.mean(fe[1]):.0f} µs "
-                f"with workers 1, {statistics.mean(fe[2]):.0f} µs with workers 2** (means of "
+                f"with workers 1, {statistics.mean(fe[n]):.0f} µs with workers {n}** (means of "
                 f"the rounds)"]
     return out
 
@@ -119,7 +128,8 @@ async def run(args: Any) -> None:
     base = load_served_default().server
     rows: list[dict[str, Any]] = []
     for round_ in range(1, args.rounds + 1):
-        for workers in (1, args.workers):
+        order = (1, args.workers) if round_ % 2 else (args.workers, 1)
+        for workers in order:
             name = f"w{workers}_r{round_}"
             levels: list[dict[str, Any]] = []
             async with server_process(model, setting, args.out, name,
@@ -142,7 +152,7 @@ async def run(args: Any) -> None:
             for level_json, lv in zip(entry["levels"], levels, strict=True):
                 level_json["server_cpu"] = lv["cpu"]
             doc["settings"].append(entry)
-            rows.append({"name": name, "workers": workers, "levels": levels})
+            rows.append({"name": name, "workers": workers, "round": round_, "levels": levels})
     save(doc, args.out, args.slo_ms)  # also takes the host's load after the run
     lines = summary_lines(rows)
     lines += ["", f"Host: {hostload.describe(doc.get('host_load'))}."]
@@ -155,7 +165,8 @@ def main() -> None:
     add_batching_flags(p)
     p.add_argument("--workers", type=int, default=2, help="front ends of the second setting")
     p.add_argument("--concurrency", type=int, nargs="+", default=[16, 32])
-    p.add_argument("--rounds", type=int, default=2, help="times each setting runs, alternating")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="rounds; each runs both settings, alternating which goes first")
     p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS,
                    help="connections the load spreads over")
     asyncio.run(run(p.parse_args()))
