@@ -9,7 +9,9 @@ Per model (`ModelAdmission`):
   so the decode stage counts as well as the batcher queue.
 - `max_queue_wait_s` bounds the expected wait: what is left of the soonest-ending running batch
   if every engine is busy, then one measured batch time per full round of waiting requests, or
-  the decode backlog if that ends later (decode threads work while the engines run). A request
+  the decode backlog if that ends later (decode threads work while the engines run). Batches
+  are taken at their slow tail here (mean + TAIL_DEVIATIONS deviations), so the bound holds
+  for the late requests too; deadlines use the mean (a refusal there loses a request). A request
   whose expected wait plus one batch run exceeds its remaining deadline is refused with
   DEADLINE_EXCEEDED at once, since it could only be answered late.
 
@@ -37,6 +39,10 @@ from detserve.server.batching_config import BatchingConfig
 from detserve.server.errors import RequestError
 
 EWMA_WEIGHT = 0.2  # weight of the newest sample: follows a change within ~10 batches
+# The queue-wait bound is meant to hold for the slow tail, not the mean: a wait spans several
+# batches, and on a shared machine their times vary together. Its estimate takes each batch at
+# its mean plus this many mean deviations (TCP's retransmit timer does the same with 4).
+TAIL_DEVIATIONS = 2.0
 REASONS = ("queue_full", "queue_wait", "deadline", "pixel_budget")
 
 
@@ -66,25 +72,32 @@ class ServiceTimes:
 
     max_batch_size: int
     batch_s: dict[int, float] = field(default_factory=dict)
+    batch_dev_s: dict[int, float] = field(default_factory=dict)  # EWMA of |sample - mean|
     decode_s: float | None = None
 
     def observe_batch(self, size: int, seconds: float) -> None:
         if size >= 1 and math.isfinite(seconds) and seconds >= 0:
-            self.batch_s[size] = _ewma(self.batch_s.get(size), seconds)
+            mean = self.batch_s.get(size)
+            if mean is not None:
+                self.batch_dev_s[size] = _ewma(self.batch_dev_s.get(size), abs(seconds - mean))
+            self.batch_s[size] = _ewma(mean, seconds)
 
     def observe_decode(self, seconds: float) -> None:
         if math.isfinite(seconds) and seconds >= 0:
             self.decode_s = _ewma(self.decode_s, seconds)
 
-    def batch_time_s(self, size: int) -> float:
+    def batch_time_s(self, size: int, tail: bool = False) -> float:
         """Expected time of a batch of `size`: measured, else scaled linearly from the nearest
-        size measured; 0 before the first batch (nothing to go on yet: admit)."""
-        if size in self.batch_s:
-            return self.batch_s[size]
+        size measured; 0 before the first batch (nothing to go on yet: admit). `tail`: plus
+        TAIL_DEVIATIONS mean deviations, a slow batch rather than a typical one."""
         if not self.batch_s:
             return 0.0
-        nearest = min(self.batch_s, key=lambda s: (abs(s - size), -s))
-        return self.batch_s[nearest] * size / nearest
+        nearest = size if size in self.batch_s else min(
+            self.batch_s, key=lambda s: (abs(s - size), -s))
+        seconds = self.batch_s[nearest]
+        if tail:
+            seconds += TAIL_DEVIATIONS * self.batch_dev_s.get(nearest, 0.0)
+        return seconds * size / nearest
 
 
 class EngineLoad(Protocol):
@@ -144,19 +157,21 @@ class ModelAdmission:
         """Admitted requests not yet in an engine (decode and batcher queue)."""
         return self.held - self.load.running_items
 
-    def expected_wait_s(self) -> float:
+    def expected_wait_s(self, tail: bool = False) -> float:
         """Expected time before a request arriving now starts its engine run: the later of
         its engine turn (what is left of the batch that ends first when every engine is busy,
         then one full batch per round of requests waiting ahead) and its own decode (after
         the decode backlog). Decode threads work while the engines run, so the two overlap;
-        adding them would refuse requests that would be answered in time."""
+        adding them would refuse requests that would be answered in time. `tail`: with slow
+        batches (ServiceTimes.batch_time_s)."""
         engine_free_s = 0.0
         if self.engines_busy:
             started, size = min(self.load.running)
             elapsed = time.monotonic() - started
-            engine_free_s = max(self.times.batch_time_s(size) - elapsed, 0.0)
+            engine_free_s = max(self.times.batch_time_s(size, tail) - elapsed, 0.0)
         rounds = self.waiting // self.slots_per_round
-        engine_turn_s = engine_free_s + rounds * self.times.batch_time_s(self.max_batch_size)
+        full_s = self.times.batch_time_s(self.max_batch_size, tail)
+        engine_turn_s = engine_free_s + rounds * full_s
         decoded_s = (self.times.decode_s or 0.0) * (self.decoding // self.decode_threads + 1)
         return max(engine_turn_s, decoded_s)
 
@@ -196,7 +211,7 @@ class ModelAdmission:
             )
         limit = self.max_queue_wait_s
         if limit is not None:
-            wait_s = self.expected_wait_s()
+            wait_s = self.expected_wait_s(tail=True)
             if wait_s > limit:
                 raise Rejected(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_wait",

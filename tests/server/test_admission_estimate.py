@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from detserve.server.admission import InServer, ModelAdmission, ServiceTimes
+from detserve.server.admission import InServer, ModelAdmission, Rejected, ServiceTimes
 from detserve.server.batching_config import BatchingConfig
 
 
@@ -61,3 +61,33 @@ def test_a_decode_backlog_longer_than_the_engine_turn_is_the_wait() -> None:
     # the engine is idle, and 200 waiting make 25 rounds of 8 at 1 ms each.
     wait_s = admission(Engines(), held=200, decoding=200, batch_s=0.001).expected_wait_s()
     assert wait_s == pytest.approx(0.303, abs=0.001)
+
+
+def test_steady_batches_have_no_tail_and_varied_ones_do() -> None:
+    steady = ServiceTimes(max_batch_size=8)
+    for _ in range(20):
+        steady.observe_batch(8, 0.100)
+    assert steady.batch_time_s(8, tail=True) == pytest.approx(steady.batch_time_s(8))
+    varied = ServiceTimes(max_batch_size=8)
+    for i in range(200):
+        varied.observe_batch(8, 0.080 if i % 2 else 0.120)
+    mean_s, tail_s = varied.batch_time_s(8), varied.batch_time_s(8, tail=True)
+    assert mean_s == pytest.approx(0.100, abs=0.005)
+    # Deviation ~20 ms: two of them above the mean.
+    assert tail_s == pytest.approx(mean_s + 2 * 0.020, abs=0.006)
+    # Sizes not measured scale from the nearest one, tail included.
+    assert varied.batch_time_s(4, tail=True) == pytest.approx(tail_s / 2)
+
+
+def test_the_queue_wait_bound_uses_slow_batches_and_deadlines_the_mean() -> None:
+    engines = Engines()
+    adm = admission(engines, held=28, decoding=0)
+    for i in range(200):
+        adm.times.observe_batch(8, 0.080 if i % 2 else 0.120)
+    # 28 waiting: 3 rounds; the mean says ~300 ms (under the 400 ms bound), the slow tail
+    # ~420 ms (over it).
+    assert adm.expected_wait_s() == pytest.approx(0.300, abs=0.02)
+    assert adm.expected_wait_s(tail=True) == pytest.approx(0.420, abs=0.03)
+    with pytest.raises(Rejected) as refused:
+        adm.admit(deadline=None)
+    assert refused.value.reason == "queue_wait"
