@@ -49,14 +49,57 @@ def round_like_outputs(raw: FloatArray, outputs: Sequence[Mapping[str, Any]]) ->
     the int8 output tensors alone would cause, apart from the quantized layers before them."""
     out = raw.astype(np.float32, copy=True)
     for o in outputs:
-        q = o.get("quantization")
-        if q is None:
-            continue
         rows = slice(0, 4) if o["shape"][1] == 4 else slice(4, raw.shape[1])
-        scale, zero = np.float32(q["scale"]), np.float32(q["zero_point"])
-        levels = np.clip(np.round(out[:, rows] / scale) + zero, -128, 127)
-        out[:, rows] = (levels - zero) * scale
+        out[:, rows] = _round(out[:, rows], o.get("quantization"))
     return out
+
+
+def matching_output(shape: Sequence[int],
+                    outputs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The model output (its io entry) that carries an NCHW tensor of `shape` [n, C, H, W],
+    in that layout or onnx2tf's NHWC; batch 1 either way."""
+    nchw = [1, *shape[1:]]
+    nhwc = [1, *shape[2:], shape[1]]
+    found = [o for o in outputs if list(o["shape"]) in (nchw, nhwc)]
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} outputs of shape {nchw} or {nhwc} in "
+                         f"{[o['shape'] for o in outputs]}; expected one")  # fmt: skip
+    return found[0]
+
+
+def _round(x: FloatArray, q: Mapping[str, Any] | None) -> FloatArray:
+    """`x` rounded to an int8 tensor's levels (scale, zero point), clipped to its range."""
+    if q is None:
+        return x.astype(np.float32, copy=True)
+    scale, zero = np.float32(q["scale"]), np.float32(q["zero_point"])
+    out: FloatArray = (np.clip(np.round(x / scale) + zero, -128, 127) - zero) * scale
+    return out.astype(np.float32)
+
+
+def round_like_body(reference: Mapping[str, FloatArray],
+                    outputs: Sequence[Mapping[str, Any]]) -> dict[str, FloatArray]:
+    """Each body output of `reference` (ONNX Runtime's) rounded as the int8 model's matching
+    output tensor rounds it: the loss the int8 outputs alone cause."""
+    return {name: _round(v, matching_output(v.shape, outputs).get("quantization"))
+            for name, v in reference.items()}  # fmt: skip
+
+
+def body_diffs(reference: Mapping[str, FloatArray], got: Mapping[str, FloatArray],
+               outputs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per body output: ONNX Runtime's range on val, the int8 output's step, and the max and
+    mean abs diff of the interpreter's dequantized values against ONNX Runtime's."""
+    facts = {}
+    for name, ref in reference.items():
+        if name not in got or got[name].shape != ref.shape:
+            raise ValueError(f"body output {name!r}: {ref.shape} from ONNX Runtime, "
+                             f"{got[name].shape if name in got else 'none'} from TFLite")
+        q = matching_output(ref.shape, outputs).get("quantization")
+        diff = np.abs(got[name].astype(np.float64) - ref)
+        facts[name] = {"shape": list(ref.shape[1:]), "onnxruntime_min": float(ref.min()),
+                       "onnxruntime_max": float(ref.max()),
+                       "int8_scale": None if q is None else q["scale"],
+                       "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+    return facts
 
 
 def detections(raw: FloatArray, manifest: Manifest, letterboxes: Sequence[Letterbox],
@@ -99,6 +142,25 @@ def _io_line(io: Mapping[str, Any]) -> str:
     return f"in: {ins}. out: {outs}"
 
 
+def _tail_ms(bench: Mapping[str, Any]) -> str:
+    t = bench.get("tail_ms_median")
+    return "" if t is None else f" (float tail {t})"
+
+
+def _body_lines(name: str, body: Mapping[str, Any] | None) -> list[str]:
+    if not body:
+        return []
+    lines = ["", f"{name}'s outputs (the head convs' logits, dequantized) against ONNX Runtime's "
+             "outputs of the same body graph on val:", "",
+             "| tensor | shape (C, H, W) | ONNX Runtime range | int8 step | max abs diff "
+             "| mean abs diff |", "|---|---|---|---|---|---|"]
+    for tensor, b in body.items():
+        lines.append(f"| {tensor} | {b['shape']} | {_fmt(b['onnxruntime_min'])} .. "
+                     f"{_fmt(b['onnxruntime_max'])} | {_fmt(b['int8_scale'])} | "
+                     f"{_fmt(b['max_abs_diff'])} | {_fmt(b['mean_abs_diff'])} |")
+    return lines
+
+
 def report_markdown(results: Mapping[str, Any]) -> str:
     """The report of one export-tflite run (its checks.json) as markdown."""
     val, ort = results["val"], results["onnxruntime"]
@@ -115,7 +177,8 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         "Raw-output diffs against ONNX Runtime on the same tensors, max abs over all anchors; in "
         "brackets over the confident anchors (ONNX Runtime's best score >= the serving "
         "threshold), whose boxes become detections.", "",
-        "| model | bytes | ms/img (median, p90) | boxes px: max (confident max, mean) "
+        "| model | bytes | ms/img (median, p90; of it the host's float tail) "
+        "| boxes px: max (confident max, mean) "
         "| scores: max (confident max) | mAP@0.5 | mAP@0.5:0.95 | AP_small |",
         "|---|---|---|---|---|---|---|---|",
         f"| ONNX (onnxruntime) | {ort['bytes']} | {ort['bench']['ms_median']}, "
@@ -126,7 +189,8 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         d = v["diff_vs_onnxruntime"]
         c = d["confident"]
         lines.append(
-            f"| {name} | {v['bytes']} | {v['bench']['ms_median']}, {v['bench']['ms_p90']} | "
+            f"| {name} | {v['bytes']} | {v['bench']['ms_median']}, {v['bench']['ms_p90']}"
+            f"{_tail_ms(v['bench'])} | "
             f"{_fmt(d['max_abs_diff_boxes_px'])} ({_fmt(c['max_abs_diff_boxes_px'])}, "
             f"{_fmt(c['mean_abs_diff_boxes_px'])}) | {_fmt(d['max_abs_diff_scores'])} "
             f"({_fmt(c['max_abs_diff_scores'])}) | "
@@ -137,6 +201,8 @@ def report_markdown(results: Mapping[str, Any]) -> str:
             lines += ["", f"ONNX Runtime's outputs rounded as {name}'s int8 output tensors "
                       "round them (no other quantization): " + ", ".join(
                           f"{k} {_fmt(r[k])}" for k in METRIC_KEYS) + "."]
+    for name, v in results["variants"].items():
+        lines += _body_lines(name, v.get("body_outputs"))
     lines += ["", "Input/output tensors:", ""]
     lines += [f"- {name}: {_io_line(v['io'])}" for name, v in results["variants"].items()]
     lines += ["", *[f"- {note}" for note in results.get("notes", ())]]

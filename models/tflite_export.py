@@ -7,14 +7,15 @@ preprocessing (calibration and val tensors), ONNX Runtime as the reference, the 
 and NMS, and COCO metrics.
 
 Both are converted from the package's model.onnx at batch 1 with its Splits given explicit
-sizes (`explicit_splits`: onnx2tf mishandles opset 18's `num_outputs`). FP32 keeps the ONNX
-output `[1, 4 + nc, N]`. INT8 is full integer (int8 builtin ops only, int8 weights per channel,
-int8 activations, int8 input and outputs: TFLiteConverter on onnx2tf's SavedModel), calibrated
-on the synthetic "calib" split (never val or test). Its graph is cut before the final Concat
-into two outputs, boxes `[1, 4, N]` and scores `[1, nc, N]`: in one int8 tensor, boxes
-(0..input size px and more) and sigmoid scores (0..1) would share one scale of a pixel or more,
-which rounds every score to 0 or to one scale step (the pitfall models/quantize.py keeps its
-float tail for). The host dequantizes and joins the two back into the yolov8 layout.
+sizes (models/tflite_graph.py). FP32 is the whole graph, output `[1, 4 + nc, N]`. INT8 is full
+integer (int8 builtin ops only, int8 weights per channel, int8 activations, int8 input and
+outputs: TFLiteConverter on onnx2tf's SavedModel), calibrated on the synthetic "calib" split
+(never val or test), and is the graph up to the detection head's last convs: its outputs are
+those convs' box-distribution and class logits, one int8 tensor per level and branch, each
+with its own scale. The decode tail (DFL softmax and expectation, anchor grid to pixels,
+sigmoid; models/quantize.py's float tail, the part ORT INT8 keeps float too) runs in float on
+the host (model_int8_tail.onnx, onnxruntime). With the tail quantized inside the graph
+(`--whole-graph-control`, the control) the decoded boxes get one int8 step of several pixels.
 """
 
 from __future__ import annotations
@@ -33,26 +34,28 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
-from onnx import helper
 
 from detserve.engines.manifest import ModelPackage, load_package
-from detserve.models.export import OUTPUT_NAME
+from detserve.models.export import INPUT_NAME
 from detserve.models.quantize import CalibrationSource, calibration_batches
 from detserve.models.tflite_checks import (
+    body_diffs,
     detections,
     metrics,
     raw_diff,
     report_markdown,
+    round_like_body,
     round_like_outputs,
 )
+from detserve.models.tflite_graph import cut_float_tail, explicit_splits, whole_graph_split
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = Path(__file__).resolve().parent / "tflite_runner.py"
 PYTHON_ENV = "DETSERVE_TFLITE_PYTHON"  # another interpreter than .venv-tflite/bin/python
 DEFAULT_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
-FP32_FILE, INT8_FILE, CHECKS_FILE, REPORT_FILE = ("model_fp32.tflite", "model_int8.tflite",
-                                                  "checks.json", "report.md")  # fmt: skip
-BOXES, SCORES = "boxes", "scores"
+FP32_FILE, INT8_FILE, TAIL_FILE = "model_fp32.tflite", "model_int8.tflite", "model_int8_tail.onnx"
+WHOLE_FILE = "model_int8_whole_graph.tflite"
+CHECKS_FILE, REPORT_FILE = "checks.json", "report.md"
 SAMPLE_IMAGES = 20  # calib-split scenes onnx2tf checks its conversion on (not a calibration)
 FloatArray = npt.NDArray[np.float32]
 
@@ -82,35 +85,6 @@ def check_package(package: ModelPackage) -> None:
     if man.precision != "fp32":
         raise ValueError(f"export-tflite needs an fp32 package; {str(package.root)!r} has "
                          f"precision {man.precision!r}")  # fmt: skip
-
-
-def split_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose final Concat (boxes..., scores) -> output0 becomes two outputs, `boxes`
-    (the Concat of all but its last input) and `scores` (its last input)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    concat = [n for n in g.node if OUTPUT_NAME in n.output]
-    if len(g.output) != 1 or len(concat) != 1 or concat[0].op_type != "Concat" \
-            or len(concat[0].input) < 2:
-        raise ValueError(f"expected one output {OUTPUT_NAME!r} made by a Concat of boxes and "
-                         f"scores; cannot split this graph")  # fmt: skip
-    node, old = concat[0], g.output[0]
-    scores_in = node.input[-1]
-    del node.input[-1]
-    node.output[0] = BOXES
-    g.node.append(helper.make_node("Identity", [scores_in], [SCORES], name="scores_identity"))
-    dims = old.type.tensor_type.shape.dim
-    batch = dims[0].dim_param or dims[0].dim_value
-    anchors = dims[2].dim_value
-    g.output.remove(old)
-    g.output.extend([
-        helper.make_tensor_value_info(BOXES, onnx.TensorProto.FLOAT, [batch, 4, anchors]),
-        helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT,
-                                      [batch, dims[1].dim_value - 4, anchors]),
-    ])  # fmt: skip
-    onnx.checker.check_model(out)
-    return out
 
 
 def runner(python: Path, *args: str) -> dict[str, Any]:
@@ -184,24 +158,70 @@ def machine() -> dict[str, Any]:
 
 
 def _variant(python: Path, model: Path, val: ValSet, ref: FloatArray, inputs: Path,
-             package: ModelPackage, runs: int, convert: Mapping[str, Any]) -> dict[str, Any]:
+             package: ModelPackage, runs: int, convert: Mapping[str, Any],
+             body: Body | None = None) -> dict[str, Any]:
+    """Run one .tflite on val (through `body`'s float tail if given) and check it."""
     rows = str(4 + package.manifest.num_classes)
     out = inputs.with_name(model.stem + "_out.npy")
+    tail = [] if body is None else ["--tail", str(body.tail)]
+    keep = [] if body is None else ["--body-out", str(out.with_suffix(".npz"))]
     runner(python, "infer", "--model", str(model), "--inputs", str(inputs), "--out", str(out),
-           "--rows", rows)
+           "--rows", rows, *tail, *keep)
     got = np.load(out)
     bench = runner(python, "bench", "--model", str(model), "--inputs", str(inputs),
-                   "--rows", rows, "--runs", str(runs))
+                   "--rows", rows, "--runs", str(runs), *tail)
     preds = detections(got, package.manifest, val.letterboxes, val.image_ids)
     serving, classes = package.manifest.postprocess.score_threshold, package.manifest.classes
+    outputs = convert["io"]["outputs"]
     facts = {"file": model.name, "bytes": model.stat().st_size, "io": convert["io"],
              "convert_s": convert["convert_s"], "diff_vs_onnxruntime": raw_diff(ref, got, serving),
              "metrics": metrics(val.gt, preds, classes), "bench": bench}  # fmt: skip
-    if any(o["quantization"] for o in convert["io"]["outputs"]):
-        rounded = round_like_outputs(ref, convert["io"]["outputs"])
-        facts["onnxruntime_with_output_rounding"] = metrics(
-            val.gt, detections(rounded, package.manifest, val.letterboxes, val.image_ids), classes)
+    if body is not None:
+        facts["float_tail"] = {"file": body.tail.name, "runs_on": "the host, onnxruntime, "
+                               "float32", "nodes": body.tail_nodes}  # fmt: skip
+        with np.load(out.with_suffix(".npz")) as kept:
+            facts["body_outputs"] = body_diffs(body.reference, dict(kept), outputs)
+        rounded = body.run_tail(round_like_body(body.reference, outputs))
+    elif any(o["quantization"] for o in outputs):
+        rounded = round_like_outputs(ref, outputs)
+    else:
+        return facts
+    facts["onnxruntime_with_output_rounding"] = metrics(
+        val.gt, detections(rounded, package.manifest, val.letterboxes, val.image_ids), classes)
     return facts
+
+
+@dataclass(frozen=True)
+class Body:
+    """The INT8 model's ONNX side: its float tail (written beside the .tflite) and ONNX
+    Runtime's outputs of the body graph on val, the reference for the body's outputs."""
+
+    tail: Path
+    tail_nodes: int
+    reference: dict[str, FloatArray]  # tail input name -> [n, C, H, W]
+
+    def run_tail(self, feeds: Mapping[str, FloatArray]) -> FloatArray:
+        session = _session(onnx.load(str(self.tail)))
+        n = len(next(iter(feeds.values())))
+        return np.concatenate([session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})[0]
+                               for i in range(n)])  # fmt: skip
+
+
+def _session(model: onnx.ModelProto) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def body_reference(body: onnx.ModelProto, x: FloatArray) -> dict[str, FloatArray]:
+    """ONNX Runtime's outputs of the body graph, image by image (it is batch 1)."""
+    session = _session(body)
+    names = [o.name for o in session.get_outputs()]
+    outs = [session.run(None, {INPUT_NAME: x[i : i + 1]}) for i in range(len(x))]
+    return {name: np.concatenate([o[k] for o in outs]) for k, name in enumerate(names)}
 
 
 NOTES = (
@@ -209,16 +229,22 @@ NOTES = (
     "graph); the host transposes the server's [3, H, W] tensor.",
     "FP32 output: [1, 4 + nc, N], the ONNX layout, float32.",
     "INT8 (full integer): int8 input (quantize at the host: x / scale + zero point; with "
-    "scale 1/255 and zero point -128 that is pixel - 128, exact) and two int8 outputs, boxes "
-    "[1, 4, N] and scores [1, nc, N], each with its own scale; the host dequantizes "
-    "((q - zero point) * scale) and joins them into [1, 4 + nc, N] for the yolov8 decoder.",
+    "scale 1/255 and zero point -128 that is pixel - 128, exact) and int8 outputs, the head "
+    "convs' logits per level (box distributions [1, H, W, 4 * reg_max] and classes "
+    "[1, H, W, nc], NHWC), each with its own scale; the host dequantizes them "
+    "((q - zero point) * scale) and runs the float tail (model_int8_tail.onnx) on them, "
+    "which gives [1, 4 + nc, N] for the yolov8 decoder.",
+    "INT8 whole-graph control (if run): the tail quantized inside the graph, cut only before "
+    "its final Concat into boxes [1, 4, N] and scores [1, nc, N] outputs, each with its own "
+    "scale, joined at the host.",
 )
 
 
 def run(package_dir: str | Path, out_dir: Path, int8: bool, n: int, data: Path,
         limit: int | None = None, python: str | None = None, runs: int = 100,
-        command: str = "") -> dict[str, Any]:
-    """Export, check and report; writes the .tflite files, checks.json and report.md."""
+        command: str = "", whole_graph: bool = False) -> dict[str, Any]:
+    """Export, check and report; writes the .tflite files, the INT8 model's float tail,
+    checks.json and report.md. `whole_graph` adds the control: INT8 with the tail in it."""
     py = find_python(python)
     source = CalibrationSource("synthetic", n) if int8 else None  # checks --n
     package = load_package(package_dir)
@@ -233,14 +259,15 @@ def run(package_dir: str | Path, out_dir: Path, int8: bool, n: int, data: Path,
                         "metrics": metrics(val.gt, detections(ref, package.manifest,
                                                               val.letterboxes, val.image_ids),
                                            package.manifest.classes)},
-        "variants": {}, "notes": list(NOTES[: 3 if int8 else 2]),
+        "variants": {}, "notes": list(NOTES[: (4 if whole_graph else 3) if int8 else 2]),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         inputs, sample = Path(tmp) / "val_inputs.npy", Path(tmp) / "sample_nhwc.npy"
         np.save(inputs, val.tensors)
         np.save(sample, calib_nhwc(CalibrationSource("synthetic", SAMPLE_IMAGES), package))
-        fp32_onnx = Path(tmp) / "model_fp32.onnx"
-        onnx.save(explicit_splits(onnx.load(str(package.model_path))), str(fp32_onnx))
+        fp32_onnx, graph = Path(tmp) / "model_fp32.onnx", explicit_splits(
+            onnx.load(str(package.model_path)))
+        onnx.save(graph, str(fp32_onnx))
         conv = runner(py, "convert", "--onnx", str(fp32_onnx), "--out", str(out_dir / FP32_FILE),
                       "--sample", str(sample))
         results["versions"] = conv["versions"]
@@ -248,9 +275,19 @@ def run(package_dir: str | Path, out_dir: Path, int8: bool, n: int, data: Path,
                                                package, runs, conv)
         if source is not None:
             results["calibration"] = source.describe()
-            conv = _convert_int8(py, package, source, sample, out_dir / INT8_FILE)
+            calib = Path(tmp) / "calib_nhwc.npy"
+            np.save(calib, calib_nhwc(source, package))
+            body, conv = _convert_int8(py, graph, val, sample, calib, out_dir)
             results["variants"]["int8"] = _variant(py, out_dir / INT8_FILE, val, ref, inputs,
-                                                   package, runs, conv)
+                                                   package, runs, conv, body)
+            if whole_graph:
+                whole = Path(tmp) / "model_whole.onnx"
+                onnx.save(whole_graph_split(graph), str(whole))
+                conv = runner(py, "convert", "--onnx", str(whole), "--out",
+                              str(out_dir / WHOLE_FILE), "--sample", str(sample),
+                              "--calib", str(calib))
+                results["variants"]["int8_whole_graph"] = _variant(
+                    py, out_dir / WHOLE_FILE, val, ref, inputs, package, runs, conv)
     results["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     (out_dir / CHECKS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / REPORT_FILE).write_text(report_markdown(results))
@@ -263,38 +300,13 @@ def calib_nhwc(source: CalibrationSource, package: ModelPackage) -> FloatArray:
     return np.ascontiguousarray(np.concatenate(batches).transpose(0, 2, 3, 1))
 
 
-def _convert_int8(python: Path, package: ModelPackage, source: CalibrationSource, sample: Path,
-                  out: Path) -> dict[str, Any]:
-    calib, split = sample.with_name("calib_nhwc.npy"), sample.with_name("model_split.onnx")
-    np.save(calib, calib_nhwc(source, package))
-    onnx.save(explicit_splits(split_outputs(onnx.load(str(package.model_path)))), str(split))
-    return runner(python, "convert", "--onnx", str(split), "--out", str(out),
+def _convert_int8(python: Path, graph: onnx.ModelProto, val: ValSet, sample: Path,
+                  calib: Path, out_dir: Path) -> tuple[Body, dict[str, Any]]:
+    """The body (all but the float tail) to full INT8; the tail written beside it."""
+    body, tail = cut_float_tail(graph)
+    body_onnx, tail_onnx = sample.with_name("model_body.onnx"), out_dir / TAIL_FILE
+    onnx.save(body, str(body_onnx))
+    onnx.save(tail, str(tail_onnx))
+    conv = runner(python, "convert", "--onnx", str(body_onnx), "--out", str(out_dir / INT8_FILE),
                   "--sample", str(sample), "--calib", str(calib))
-
-
-
-def explicit_splits(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy at batch 1 whose Split nodes name their sizes (a `split` input) instead of
-    opset 18's `num_outputs`: onnx2tf 1.29 loses the channel layout after the latter (a
-    C2f block's Concat came out [1, 48, 80, 80] and the next conv failed)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
-    inferred = onnx.shape_inference.infer_shapes(out)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*inferred.graph.value_info, *inferred.graph.input]}  # fmt: skip
-    for i, node in enumerate(out.graph.node):
-        attrs = {a.name: a for a in node.attribute}
-        if node.op_type != "Split" or "num_outputs" not in attrs:
-            continue
-        axis = helper.get_attribute_value(attrs["axis"]) if "axis" in attrs else 0
-        size, parts = shapes[node.input[0]][axis], len(node.output)
-        if size % parts:
-            raise ValueError(f"Split {node.name!r}: {size} does not split in {parts} equal parts")
-        name = f"split_sizes_{i}"
-        out.graph.initializer.append(onnx.numpy_helper.from_array(
-            np.full(parts, size // parts, np.int64), name))
-        node.attribute.remove(attrs["num_outputs"])
-        node.input.append(name)
-    onnx.checker.check_model(out)
-    return out
+    return Body(tail_onnx, len(tail.graph.node), body_reference(body, val.tensors)), conv

@@ -1,20 +1,24 @@
 """The TFLite side of `detserve-model export-tflite`: run by .venv-tflite's Python, not imported.
 
 `bash models/tflite_env.sh` makes that environment (onnx2tf, tensorflow-cpu, ai-edge-litert);
-detserve is not installed there, so this file imports only the standard library, numpy and the
-TFLite toolchain. The main .venv drives it (models/tflite_export.py) through three commands, each
-printing one JSON object on stdout:
+detserve is not installed there, so this file imports only the standard library, numpy, the
+TFLite toolchain and onnxruntime (one of onnx2tf's own pins, for the float tail). The main
+.venv drives it (models/tflite_export.py) through three commands, each printing one JSON object
+on stdout:
 
     convert --onnx M.onnx --out F.tflite --sample S.npy [--calib C.npy]
                             onnx2tf; with --calib, full INT8 by TFLiteConverter
-    infer --model F.tflite --inputs X.npy --out Y.npy      raw outputs in the ONNX layout
-    bench --model F.tflite --inputs X.npy                  ms per image at batch 1
+    infer --model F.tflite --inputs X.npy --out Y.npy [--tail T.onnx --body-out B.npz]
+                            raw outputs in the ONNX layout
+    bench --model F.tflite --inputs X.npy [--tail T.onnx]    ms per image at batch 1
 
 Inputs are the server's preprocessed tensors, float32 [n, 3, H, W]. The interpreter runs one
 image at a time (the graph is converted at batch 1, the phone case); its input is NHWC (onnx2tf
 transposes), an INT8 input is quantized here with the model's own scale and zero point, and
 INT8 outputs are dequantized here, so `infer` writes what the ONNX graph would: [n, 4 + nc, N]
-float32 (split boxes/scores outputs are joined back in that order).
+float32. With `--tail` (the INT8 body) the dequantized outputs go through that float ONNX tail
+first (`--body-out` keeps what it was fed); without it split boxes/scores outputs (the
+whole-graph control) are joined back in that order.
 """
 
 from __future__ import annotations
@@ -139,16 +143,22 @@ def to_input(x: FloatArray, detail: dict[str, Any]) -> npt.NDArray[Any]:
     return q
 
 
+def dequantize(value: npt.NDArray[Any], detail: dict[str, Any]) -> FloatArray:
+    """An output tensor as float32: (q - zero point) * scale when it is quantized."""
+    scale, zero = detail["quantization"]
+    v = value.astype(np.float32)
+    if scale:
+        v = (v - np.float32(zero)) * np.float32(scale)
+    return v
+
+
 def from_outputs(raw: Sequence[npt.NDArray[Any]], details: Sequence[dict[str, Any]],
                  rows: int) -> FloatArray:
     """The interpreter's outputs -> one float32 [1, rows, N] tensor in the ONNX layout:
     dequantized, channels-first, and a split (boxes 4, scores rows - 4) joined back."""
     parts = []
     for value, detail in zip(raw, details, strict=True):
-        scale, zero = detail["quantization"]
-        v = value.astype(np.float32)
-        if scale:
-            v = (v - np.float32(zero)) * np.float32(scale)
+        v = dequantize(value, detail)
         if v.ndim == 3 and v.shape[1] not in (4, rows - 4, rows):
             v = v.transpose(0, 2, 1)  # [1, N, C] -> [1, C, N]
         parts.append(v)
@@ -160,36 +170,109 @@ def from_outputs(raw: Sequence[npt.NDArray[Any]], details: Sequence[dict[str, An
     return joined
 
 
-def run_one(it: Any, x: FloatArray, rows: int) -> FloatArray:
+class FloatTail:
+    """The float tail (an ONNX graph: the head convs' outputs -> output0) on ONNX Runtime,
+    1 thread, fed the body model's dequantized outputs. TFLite names them output_0.. in its
+    own order and onnx2tf makes them NHWC, so they are matched to the tail's NCHW inputs by
+    shape; a shape that two of them could have is refused rather than guessed."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = [(i.name, tuple(int(d) for d in i.shape))
+                       for i in self.session.get_inputs()]  # fmt: skip
+        layouts = [s for _, s in self.inputs] + [_nhwc(s) for _, s in self.inputs
+                                                 if _nhwc(s) != s]  # fmt: skip
+        if len(set(layouts)) != len(layouts):
+            raise ValueError(f"tail inputs {self.inputs} cannot be told apart by shape")
+
+    def feeds(self, raw: Sequence[npt.NDArray[Any]],
+              details: Sequence[dict[str, Any]]) -> dict[str, FloatArray]:
+        """The body's outputs, dequantized and channels-first, by tail input name."""
+        got = [dequantize(v, d) for v, d in zip(raw, details, strict=True)]
+        feeds: dict[str, FloatArray] = {}
+        for name, shape in self.inputs:
+            for v in got:
+                if v.shape == shape:
+                    feeds[name] = v
+                elif v.shape == _nhwc(shape):
+                    feeds[name] = np.ascontiguousarray(v.transpose(0, 3, 1, 2))
+            if name not in feeds:
+                raise ValueError(f"no output of shape {list(shape)} (or NHWC) for tail input "
+                                 f"{name!r}; outputs {[list(v.shape) for v in got]}")
+        return feeds
+
+    def run(self, feeds: dict[str, FloatArray]) -> FloatArray:
+        out: FloatArray = self.session.run(None, feeds)[0]
+        return out
+
+
+def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], *shape[2:], shape[1]) if len(shape) == 4 else shape
+
+
+def run_one(it: Any, x: FloatArray, rows: int, tail: FloatTail | None = None,
+            keep: dict[str, list[FloatArray]] | None = None) -> FloatArray:
+    """One image through the interpreter (and `tail`), as [1, rows, N]; with `keep`, the
+    body's dequantized outputs are appended there by tail input name."""
     (inp,) = it.get_input_details()
     outs = it.get_output_details()
     it.set_tensor(inp["index"], to_input(x, inp))
     it.invoke()
-    return from_outputs([it.get_tensor(d["index"]) for d in outs], outs, rows)
+    raw = [it.get_tensor(d["index"]) for d in outs]
+    if tail is None:
+        return from_outputs(raw, outs, rows)
+    feeds = tail.feeds(raw, outs)
+    if keep is not None:
+        for name, v in feeds.items():
+            keep.setdefault(name, []).append(v[0])
+    return tail.run(feeds)
 
 
-def infer(model: Path, inputs: Path, out: Path, rows: int, threads: int) -> dict[str, Any]:
+def infer(model: Path, inputs: Path, out: Path, rows: int, threads: int,
+          tail: Path | None = None, body_out: Path | None = None) -> dict[str, Any]:
     x = np.load(inputs, mmap_mode="r")
     it = interpreter(model, threads)
-    got = np.stack([run_one(it, np.asarray(x[i : i + 1]), rows)[0] for i in range(len(x))])
+    float_tail = None if tail is None else FloatTail(tail)
+    keep: dict[str, list[FloatArray]] = {}
+    got = np.stack([run_one(it, np.asarray(x[i : i + 1]), rows, float_tail, keep)[0]
+                    for i in range(len(x))])  # fmt: skip
     np.save(out, got)
+    if body_out is not None:
+        stacked: dict[str, Any] = {name: np.stack(v) for name, v in keep.items()}
+        np.savez(body_out, **stacked)
     return {"file": str(out), "shape": list(got.shape)}
 
 
-def bench(model: Path, inputs: Path, rows: int, threads: int, runs: int) -> dict[str, Any]:
-    """Median and p90 ms of one image (set, invoke, read and dequantize), after 5 warm-ups."""
+def bench(model: Path, inputs: Path, rows: int, threads: int, runs: int,
+          tail: Path | None = None) -> dict[str, Any]:
+    """Median and p90 ms of one image (set, invoke, read, dequantize and the float tail if
+    any), after 5 warm-ups; with a tail, also the tail's own median (dequantized feeds in,
+    [1, rows, N] out)."""
     x = np.load(inputs, mmap_mode="r")
     it = interpreter(model, threads)
-    times = []
+    float_tail = None if tail is None else FloatTail(tail)
+    keep: dict[str, list[FloatArray]] = {}
+    times, tail_times = [], []
     for i in range(runs + 5):
         one = np.asarray(x[i % len(x) : i % len(x) + 1])
         started = time.perf_counter()
-        run_one(it, one, rows)
+        run_one(it, one, rows, float_tail, keep)
         times.append((time.perf_counter() - started) * 1e3)
-    times = times[5:]
-    return {"runs": runs, "threads": threads, "batch": 1,
-            "ms_median": round(statistics.median(times), 2),
-            "ms_p90": round(float(np.percentile(times, 90)), 2)}  # fmt: skip
+        if float_tail is not None:
+            feeds = {name: v.pop()[None] for name, v in keep.items()}
+            started = time.perf_counter()
+            float_tail.run(feeds)
+            tail_times.append((time.perf_counter() - started) * 1e3)
+    facts: dict[str, Any] = {"runs": runs, "threads": threads, "batch": 1,
+                             "ms_median": round(statistics.median(times[5:]), 2),
+                             "ms_p90": round(float(np.percentile(times[5:], 90)), 2)}
+    if tail_times:
+        facts["tail_ms_median"] = round(statistics.median(tail_times[5:]), 2)
+    return facts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,8 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("--inputs", type=Path, required=True)
         s.add_argument("--rows", type=int, required=True, help="4 + number of classes")
         s.add_argument("--threads", type=int, default=1)
+        s.add_argument("--tail", type=Path, help="an ONNX float tail to run on the outputs")
         if name == "infer":
             s.add_argument("--out", type=Path, required=True)
+            s.add_argument("--body-out", type=Path, help=".npz of the outputs the tail got")
         else:
             s.add_argument("--runs", type=int, default=100)
     a = p.parse_args(argv)
@@ -215,9 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         facts = convert(a.onnx.resolve(), a.out.resolve(), a.sample.resolve(),
                         None if a.calib is None else a.calib.resolve())
     elif a.cmd == "infer":
-        facts = infer(a.model, a.inputs, a.out, a.rows, a.threads)
+        facts = infer(a.model, a.inputs, a.out, a.rows, a.threads, a.tail, a.body_out)
     else:
-        facts = bench(a.model, a.inputs, a.rows, a.threads, a.runs)
+        facts = bench(a.model, a.inputs, a.rows, a.threads, a.runs, a.tail)
     sys.stdout.write(json.dumps(facts) + "\n")
     return 0
 

@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 
 from detserve.engines.manifest import load_package
 from detserve.models import tflite_runner
 from detserve.models.cli import main
 from detserve.models.evaluate import evaluate_package
+from detserve.models.scenes import write_coco
 from detserve.models.tflite_checks import (
     detections,
     metrics,
@@ -26,22 +25,24 @@ from detserve.models.tflite_export import (
     DEFAULT_PYTHON,
     EnvMissingError,
     check_package,
-    explicit_splits,
     find_python,
     load_val,
     onnxruntime_outputs,
     run,
-    split_outputs,
 )
 
 PACKAGES = Path(__file__).resolve().parents[2] / "models" / "packages"
 PKG = PACKAGES / "shapes_320"
-VAL = Path(__file__).resolve().parents[2] / "data" / "sets" / "val"
-needs_val = pytest.mark.skipif(not (VAL / "annotations.json").is_file(),
-                               reason="data/sets/val not made (detserve-model make-dataset)")
+VAL_IMAGES = 24  # the first val scenes, rendered here: the checks need no data/sets/val
 needs_env = pytest.mark.skipif(
     not DEFAULT_PYTHON.is_file(),
     reason=f"the TFLite environment is absent ({DEFAULT_PYTHON}); bash models/tflite_env.sh")
+
+
+@pytest.fixture(scope="module")
+def val(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The val split's first scenes as a COCO folder, as `detserve-model make-dataset` writes."""
+    return write_coco(tmp_path_factory.mktemp("sets"), "val", VAL_IMAGES).parent
 
 
 def test_env_missing_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -84,40 +85,7 @@ def test_refuses_int8_and_missing_packages(tmp_path: Path) -> None:
     exe = tmp_path / "python"
     exe.write_text("")
     with pytest.raises(ValueError):
-        run(tmp_path / "nowhere", tmp_path / "o", False, 1, VAL, python=str(exe))
-
-
-def test_split_outputs_keeps_the_values() -> None:
-    model = onnx.load(str(PKG / "model.onnx"))
-    split = split_outputs(model)
-    assert [o.name for o in split.graph.output] == ["boxes", "scores"]
-    x = np.random.default_rng(0).random((2, 3, 320, 320), dtype=np.float32)
-    whole = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    parts = ort.InferenceSession(split.SerializeToString(), providers=["CPUExecutionProvider"])
-    (want,) = whole.run(None, {"images": x})
-    boxes, scores = parts.run(None, {"images": x})
-    assert boxes.shape == (2, 4, 2100) and scores.shape == (2, 6, 2100)
-    np.testing.assert_array_equal(np.concatenate([boxes, scores], axis=1), want)
-    assert scores.min() >= 0.0 and scores.max() <= 1.0 and boxes.max() > 100.0
-    with pytest.raises(ValueError, match="cannot split"):
-        split_outputs(split)
-
-
-def test_explicit_splits_name_their_sizes() -> None:
-    model = onnx.load(str(PKG / "model.onnx"))
-    fixed = explicit_splits(model)
-    splits = [n for n in fixed.graph.node if n.op_type == "Split"]
-    assert len(splits) == 8
-    assert all(len(n.input) == 2 and not any(a.name == "num_outputs" for a in n.attribute)
-               for n in splits)  # fmt: skip
-    sizes = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in fixed.graph.initializer}
-    assert sizes[splits[0].input[1]] == [16, 16]  # the first C2f's 32 channels, halved
-    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
-    x = np.random.default_rng(1).random((1, 3, 320, 320), dtype=np.float32)
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_array_equal(got.run(None, {"images": x})[0],
-                                  want.run(None, {"images": x})[0])
+        run(tmp_path / "nowhere", tmp_path / "o", False, 1, tmp_path, python=str(exe))
 
 
 def test_raw_diff_separates_boxes_and_scores() -> None:
@@ -175,23 +143,22 @@ def test_runner_quantizes_input_and_joins_split_outputs() -> None:
         tflite_runner.from_outputs([boxes], details[1:], rows=10)
 
 
-@needs_val
-def test_checks_match_detserve_eval_on_val() -> None:
+def test_checks_match_detserve_eval_on_val(val: Path) -> None:
     """The export's decode + metrics path gives what `detserve-model eval` gives."""
     package = load_package(PKG)
-    val = load_val(VAL, package, limit=24)
-    ref, bench = onnxruntime_outputs(package, val.tensors, runs=5)
-    assert ref.shape == (24, 10, 2100) and bench["runs"] == 5 and bench["ms_median"] > 0
-    ours = metrics(val.gt, detections(ref, package.manifest, val.letterboxes, val.image_ids),
+    vals = load_val(val, package, limit=VAL_IMAGES)
+    ref, bench = onnxruntime_outputs(package, vals.tensors, runs=5)
+    assert ref.shape == (VAL_IMAGES, 10, 2100) and bench["runs"] == 5 and bench["ms_median"] > 0
+    ours = metrics(vals.gt, detections(ref, package.manifest, vals.letterboxes, vals.image_ids),
                    package.manifest.classes)
-    theirs = evaluate_package(package, VAL, "onnxruntime", limit=24).metrics
+    theirs = evaluate_package(package, val, "onnxruntime", limit=VAL_IMAGES).metrics
     assert ours["mAP@0.5"] == pytest.approx(theirs.map50, abs=1e-4)
     assert ours["mAP@0.5:0.95"] == pytest.approx(theirs.map, abs=1e-4)
     assert ours["mAP@0.5"] > 0.8
     noisy = ref.copy()
     noisy[:, 4:] = 0.0  # no scores: no detections, AP 0
-    none = metrics(val.gt, detections(noisy, package.manifest, val.letterboxes, val.image_ids),
-                   package.manifest.classes)
+    none = metrics(vals.gt, detections(noisy, package.manifest, vals.letterboxes,
+                                       vals.image_ids), package.manifest.classes)
     assert none["mAP@0.5"] <= 0.0
 
 
@@ -226,12 +193,11 @@ def test_report_markdown_lists_each_model() -> None:
 
 
 @needs_env
-@needs_val
 @pytest.mark.timeout(1500)  # two onnx2tf conversions: 2.5 min on an idle 2-core host, more shared
-def test_export_in_the_tflite_env(tmp_path: Path) -> None:
+def test_export_in_the_tflite_env(tmp_path: Path, val: Path) -> None:
     """The whole command on 8 val images, INT8 calibrated on 8 scenes."""
     rc = main(["export-tflite", str(PKG), "--out", str(tmp_path), "--int8", "--n", "8",
-               "--limit", "8", "--runs", "5"])
+               "--data", str(val), "--limit", "8", "--runs", "5"])
     assert rc == 0
     checks = json.loads((tmp_path / "checks.json").read_text())
     fp32, int8 = checks["variants"]["fp32"], checks["variants"]["int8"]
@@ -239,7 +205,15 @@ def test_export_in_the_tflite_env(tmp_path: Path) -> None:
     assert fp32["io"]["outputs"][0]["shape"] == [1, 10, 2100]
     assert fp32["diff_vs_onnxruntime"]["max_abs_diff_boxes_px"] < 1e-2
     assert fp32["diff_vs_onnxruntime"]["max_abs_diff_scores"] < 1e-3
+    assert fp32["metrics"] == checks["onnxruntime"]["metrics"]
     assert [t["dtype"] for t in int8["io"]["inputs"]] == ["int8"]
-    assert sorted(t["shape"][1] for t in int8["io"]["outputs"]) == [4, 6]
+    # The head convs' logits, NHWC: box distributions (64) and classes (6) at 3 levels.
+    assert sorted(t["shape"] for t in int8["io"]["outputs"]) == sorted(
+        [1, s, s, c] for s in (40, 20, 10) for c in (64, 6))
+    assert all(t["dtype"] == "int8" for t in int8["io"]["outputs"])
+    assert len(int8["body_outputs"]) == 6 and int8["float_tail"]["nodes"] == 25
+    assert all(b["mean_abs_diff"] < 10 * b["int8_scale"] for b in int8["body_outputs"].values())
+    assert 0 < int8["bench"]["tail_ms_median"] < int8["bench"]["ms_median"]
+    assert int8["metrics"]["mAP@0.5"] > fp32["metrics"]["mAP@0.5"] - 0.1
     assert int8["bytes"] < fp32["bytes"] / 2
-    assert (tmp_path / "model_fp32.tflite").is_file() and (tmp_path / "report.md").is_file()
+    assert (tmp_path / "model_int8_tail.onnx").is_file() and (tmp_path / "report.md").is_file()
