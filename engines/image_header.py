@@ -49,6 +49,7 @@ class ImageHeader:
     channels: int
     color: str  # human-readable colour model, for messages
     orientation: int = 1  # EXIF orientation of a JPEG (engines/jpeg.py); 1: as stored
+    frame: int = 0  # a JPEG's SOFn marker (0xC0 baseline, 0xC2 progressive, ...); 0 for PNG
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -127,7 +128,7 @@ def _jpeg_header(data: bytes) -> tuple[ImageHeader, int]:
                 break
             depth, height, width, comps = struct.unpack(">BHHB", data[pos + 4 : pos + 10])
             color = {1: "grayscale", 3: "YCbCr colour", 4: "CMYK"}.get(comps, f"{comps}-component")
-            header = ImageHeader("JPEG", width, height, depth, comps, color)
+            header = ImageHeader("JPEG", width, height, depth, comps, color, frame=marker)
         pos += 2 + length
     raise ImageError(f"JPEG image is truncated: its headers end early ({len(data)} bytes)")
 

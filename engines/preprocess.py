@@ -32,10 +32,10 @@ from detserve.engines.manifest import ColorOrder, Manifest
 
 __all__ = [
     "ACCEPTED", "JPEG_SOI", "MIN_IMAGE_SIDE", "PIXEL_FORMATS", "PNG_SIGNATURE", "DecodedImage",
-    "ImageError", "ImageHeader", "ImageTooLargeError", "PreparedPixels", "check_encoded",
-    "check_raw", "decode_encoded", "decode_encoded_native", "decode_raw", "decode_raw_native",
-    "jpeg_decode_size", "pixels_to_tensor", "prepare", "prepare_decoded", "prepare_pixels",
-    "read_header",
+    "ImageError", "ImageHeader", "ImageTooLargeError", "PreparedPixels", "canvas_geometry",
+    "check_encoded", "check_raw", "decode_encoded", "decode_encoded_native", "decode_raw",
+    "decode_raw_native", "jpeg_decode_size", "letterbox_for", "pixels_to_tensor", "prepare",
+    "prepare_decoded", "prepare_pixels", "read_header",
 ]
 
 @dataclass(frozen=True)
@@ -71,11 +71,7 @@ def jpeg_decode_size(header: ImageHeader, manifest: Manifest) -> tuple[int, int]
     if header.format != "JPEG":
         return None
     w, h = header.display_size
-    in_w, in_h = manifest.input_width, manifest.input_height
-    if manifest.preprocess.resize == "stretch":
-        new_w, new_h = in_w, in_h
-    else:
-        new_w, new_h, _, _ = _letterbox_geometry(w, h, in_w, in_h)
+    new_w, new_h, _, _ = canvas_geometry(w, h, manifest)
     if w < 2 * new_w or h < 2 * new_h:
         return None
     return (new_h, new_w) if turns_sideways(header.orientation) else (new_w, new_h)
@@ -164,6 +160,21 @@ def _letterbox_geometry(w: int, h: int, in_w: int, in_h: int) -> tuple[int, int,
     return new_w, new_h, left, top
 
 
+def canvas_geometry(width: int, height: int, manifest: Manifest) -> tuple[int, int, int, int]:
+    """(new_w, new_h, left, top): where an image of `width` x `height` lands on the model's
+    canvas, letterboxed or stretched as the manifest says. The device letterbox
+    (engines/gpu_decode.py) uses the same numbers, so boxes map back identically."""
+    if manifest.preprocess.resize == "stretch":
+        return manifest.input_width, manifest.input_height, 0, 0
+    return _letterbox_geometry(width, height, manifest.input_width, manifest.input_height)
+
+
+def letterbox_for(width: int, height: int, manifest: Manifest) -> Letterbox:
+    """The Letterbox (input = original * scale + pad) of canvas_geometry."""
+    new_w, new_h, left, top = canvas_geometry(width, height, manifest)
+    return Letterbox(new_w / width, new_h / height, float(left), float(top), width, height)
+
+
 def _resize_into_canvas(
     image: npt.NDArray[np.uint8], manifest: Manifest, reorder: bool,
     full_size: tuple[int, int] | None = None,
@@ -173,12 +184,8 @@ def _resize_into_canvas(
     computed for, when `image` was decoded smaller."""
     h, w = image.shape[:2] if full_size is None else full_size[::-1]
     in_w, in_h = manifest.input_width, manifest.input_height
-    if manifest.preprocess.resize == "stretch":
-        left = top = 0
-        new_w, new_h = in_w, in_h
-    else:
-        new_w, new_h, left, top = _letterbox_geometry(w, h, in_w, in_h)
-    box = Letterbox(new_w / w, new_h / h, float(left), float(top), w, h)
+    new_w, new_h, left, top = canvas_geometry(w, h, manifest)
+    box = letterbox_for(w, h, manifest)
     resized = (
         image
         if (new_w, new_h) == image.shape[1::-1]

@@ -10,7 +10,10 @@ loaded by `detserve.models.detector.load_checkpoint`), BatchNorm folded, then:
 - with `nms="gpu"` NMS runs on the device (`torchvision.ops.batched_nms`, pure-torch elsewhere)
   and only the final detections cross to the host, as the end2end format; `manifest` then says
   `output_format: end2end`, `nms: gpu` so the server decodes accordingly. With `nms="host"` the
-  raw yolov8 output is returned and the server's numpy NMS runs.
+  raw yolov8 output is returned and the server's numpy NMS runs;
+- with `decode="device"` the engine also takes encoded JPEGs (`infer_images`): one batched
+  `torchvision.io.decode_jpeg` on the device, letterbox and normalisation there
+  (engines/gpu_decode.py); the server then hands it JPEG bytes instead of canvases.
 """
 
 from __future__ import annotations
@@ -21,15 +24,19 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from detserve.engines.device_jpeg import DeviceJpeg, DeviceRun, check_decode_mode
 from detserve.engines.manifest import Manifest, ManifestError, ModelPackage, load_package
 from detserve.engines.torch_nms import NmsSettings, nms_backend, yolov8_end2end
+
+if TYPE_CHECKING:
+    from detserve.engines.gpu_decode import DeviceDecoder
 
 PRECISIONS: Mapping[str, torch.dtype | None] = {
     "fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -118,10 +125,13 @@ class TorchEngine:
         max_detections: int | None = None,
         pre_nms_top_k: int | None = None,
         warmup_iters: int = 2,
+        decode: str = "host",
     ) -> None:
         self._package = package if isinstance(package, ModelPackage) else load_package(package)
         self.graph_error = ""  # why capture failed, if it did (the engine then runs eagerly)
         self._dev = _resolve_device(device)
+        self._decode = check_decode_mode(decode, "torch-cuda")
+        self._jpeg = self._device_decoder()  # first: a missing torchvision fails in a moment
         self._precision = _check_choice(precision, tuple(PRECISIONS), "precision")
         self._amp_dtype = PRECISIONS[precision]
         self._nms = _check_choice(nms, NMS_MODES, "nms")
@@ -181,6 +191,10 @@ class TorchEngine:
         return self._graphs
 
     @property
+    def decodes_jpeg(self) -> bool:
+        return self._jpeg is not None
+
+    @property
     def nms_backend(self) -> str:
         return nms_backend() if self._nms == "gpu" else "host"
 
@@ -189,12 +203,21 @@ class TorchEngine:
             want = ", ".join(map(str, self._chw))
             raise ValueError(f"torch-cuda engine expects a batch [B, {want}] with B >= 1, "
                              f"got {tuple(batch.shape)}")
-        data = np.ascontiguousarray(batch, dtype=np.float32)
-        step = self._sizes[-1]
-        parts = [self._run_chunk(data[i:i + step]) for i in range(0, data.shape[0], step)]
-        if len(parts) == 1:
-            return parts[0]
-        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        return self._run_chunks(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+
+    def infer_images(self, images: Sequence[npt.NDArray[np.uint8] | DeviceJpeg]) -> DeviceRun:
+        """A batch of uint8 canvases ([H, W, 3], the manifest's colour order) and encoded JPEGs,
+        decoded and letterboxed on the device; the JPEGs that fail are named in the result."""
+        if self._jpeg is None:
+            raise RuntimeError("this torch-cuda engine decodes on the host (engine option "
+                               "decode: host); infer_images needs decode: device")
+        if not images:
+            raise ValueError("torch-cuda engine got an empty batch of images")
+        with torch.inference_mode(), self._on_stream():
+            if self._stream is not None:
+                self._stream.synchronize()  # the decoder wants an idle stream (gpu_decode.py)
+            batch, failed = self._jpeg.batch(images)
+            return DeviceRun(self._run_chunks(batch), failed)
 
     def run_resident(self, size: int) -> Sequence[Tensor]:
         """Network (+ GPU NMS) on the device-resident input buffer of batch size `size`, no host
@@ -217,6 +240,13 @@ class TorchEngine:
             torch.cuda.empty_cache()
 
     # ---- set-up ----------------------------------------------------------------------------
+    def _device_decoder(self) -> DeviceDecoder | None:
+        if self._decode == "host":
+            return None
+        from detserve.engines.gpu_decode import DeviceDecoder  # torchvision only when asked
+
+        return DeviceDecoder(self._dev, self._package.manifest)
+
     def _nms_settings(self, score: float | None, iou: float | None, max_det: int | None,
                       top_k: int | None) -> NmsSettings:
         post = self._package.manifest.postprocess
@@ -242,7 +272,8 @@ class TorchEngine:
         base = self._package.manifest
         meta: dict[str, Any] = dict(base.metadata)
         meta.update(torch_rebuild=REBUILD_HOW, torch_device=str(self._dev),
-                    torch_cuda_graphs=self._graphs, torch_batch_sizes=list(self._sizes))
+                    torch_cuda_graphs=self._graphs, torch_batch_sizes=list(self._sizes),
+                    torch_decode=self._decode)
         if self.graph_error:
             meta["torch_cuda_graphs_error"] = self.graph_error
         if self._nms == "host":
@@ -310,10 +341,9 @@ class TorchEngine:
             self._pinned[name] = buf
         return buf[: t.numel()].view(t.shape)
 
-    def _to_device(self, slot: _Slot, chunk: npt.NDArray[np.float32]) -> None:
-        n = chunk.shape[0]
-        src = torch.from_numpy(chunk)
-        if self._dev.type == "cuda":
+    def _to_device(self, slot: _Slot, src: Tensor) -> None:
+        n = src.shape[0]
+        if self._dev.type == "cuda" and src.device.type == "cpu":
             host = self._pinned_like("input", src)
             host.copy_(src)
             slot.inputs[:n].copy_(host, non_blocking=True)
@@ -339,7 +369,14 @@ class TorchEngine:
         self._stream.synchronize()
         return [h.numpy().copy() for h in hosts]  # the pinned buffers are reused next batch
 
-    def _run_chunk(self, chunk: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
+    def _run_chunks(self, data: Tensor) -> Sequence[npt.NDArray[np.generic]]:
+        step = self._sizes[-1]
+        parts = [self._run_chunk(data[i:i + step]) for i in range(0, data.shape[0], step)]
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+    def _run_chunk(self, chunk: Tensor) -> list[npt.NDArray[np.generic]]:
         n = chunk.shape[0]
         slot = self._slots[self.padded_size(n)]
         self.last_padded_size = slot.size

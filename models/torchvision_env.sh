@@ -18,6 +18,9 @@ pip=("$env_dir/bin/pip" install -q --no-input)
 # onnxscript: torch.onnx's default (dynamo) exporter imports it before falling back.
 "${pip[@]}" onnxscript
 "${pip[@]}" -e "$here"
+# The suite's test runner (versions as in .venv): tests/engines/test_gpu_decode.py runs
+# test_gpu_decode_tv.py (the real torchvision.io.decode_jpeg) here.
+"${pip[@]}" "pytest==9.2.0" "pytest-asyncio==1.5.0" "pytest-timeout==2.4.0"
 "$env_dir/bin/python" - <<'PY'
 import torch, torchvision
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, cuda build "

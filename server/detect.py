@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from detserve.engines.base import DecodeParams
+from detserve.engines.device_jpeg import deferred, plan_device_jpeg
 from detserve.engines.manifest import Manifest
 from detserve.engines.preprocess import (
     DecodedImage,
@@ -41,7 +42,7 @@ from detserve.server.errors import (
     invalid,
     to_request_error,
 )
-from detserve.server.lanes import Lane, Ticket
+from detserve.server.lanes import DeviceJpegTicket, Lane, Ticket
 from detserve.server.logs import get_logger
 from detserve.server.registry import ItemResult
 from detserve.server.wire import Incoming, Unparsable
@@ -203,7 +204,13 @@ def decode_image(image: pb.Image, max_pixels: int,
 
 
 def _prepare(image: pb.Image, manifest: Manifest, max_pixels: int, reduced_decode: bool,
-             place: Callable[[PreparedPixels], PreparedPixels]) -> PreparedPixels:
+             place: Callable[[PreparedPixels], PreparedPixels],
+             jpeg_on_device: bool = False) -> PreparedPixels:
+    if jpeg_on_device and image.WhichOneof("source") == "encoded":
+        # The engine decodes it (engines/device_jpeg.py); None: not a JPEG its device takes.
+        jpeg = plan_device_jpeg(image.encoded, max_pixels, manifest)
+        if jpeg is not None:
+            return place(deferred(jpeg))
     decoded = decode_image(image, max_pixels, manifest if reduced_decode else None)
     return place(prepare_decoded(decoded, manifest))
 
@@ -310,8 +317,9 @@ class DetectCore:
     ) -> PreparedPixels:
         """Decode and letterbox on the decode pool, into the ticket's canvas."""
         record.decode = outcome = DecodeOutcome()
+        on_device = isinstance(ticket, DeviceJpegTicket) and ticket.decodes_jpeg
         work = functools.partial(_prepare, request.image, model.manifest, self.max_pixels,
-                                 self.reduced_decode, ticket.place)
+                                 self.reduced_decode, ticket.place, on_device)
         try:
             # A decode the mean says would end past the deadline is not started. A wider margin
             # (mean + 3 deviations, + a batch of one) measured zero goodput at 4K with 200 ms

@@ -2,14 +2,15 @@
 engine, stacks the batch, runs the engine and decodes the outputs with the engine's own manifest
 (an engine may change the output format, e.g. GPU NMS engines emit end2end). A decode failure
 fails only its item; an engine failure raises, so the batcher fails that batch (INTERNAL) and
-lives on.
+lives on. An engine that decodes JPEGs on its device (engines/device_jpeg.py) gets the batch's
+encoded JPEGs beside its canvases; a JPEG its decoder refuses fails only its own item.
 """
 
 from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from detserve.engines.base import DecodeParams, Engine, Letterbox
 from detserve.engines.batch_plan import executed_batch_size
 from detserve.engines.decode import decode_batch
 from detserve.engines.detections import Detections
+from detserve.engines.device_jpeg import DeviceJpeg, JpegDeviceEngine
 from detserve.engines.manifest import Manifest
 from detserve.engines.pipeline import infer_pixels
 
@@ -31,6 +33,7 @@ class BatchItem:
     pixels: npt.NDArray[np.uint8]  # [H, W, 3] letterboxed, in the manifest's colour order
     letterbox: Letterbox
     params: DecodeParams
+    jpeg: DeviceJpeg | None = None  # set: left encoded for the engine's device; pixels empty
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,11 @@ class EnginePool:
         finally:
             self._free.put(engine)
 
+    @property
+    def decodes_jpeg(self) -> bool:
+        """Whether every engine decodes JPEGs on its device, so the front end may skip it."""
+        return all(isinstance(e, JpegDeviceEngine) and e.decodes_jpeg for e in self.engines)
+
     def close(self) -> None:
         for engine in self.engines:
             engine.close()
@@ -78,10 +86,21 @@ def _decode_each(
     return results
 
 
+def _infer(engine: Engine, items: Sequence[BatchItem]
+           ) -> tuple[Sequence[npt.NDArray[Any]], Mapping[int, Exception]]:
+    """Raw outputs (raising here fails the whole batch: INTERNAL), and the items whose JPEG the
+    engine's device decoder refused."""
+    if any(item.jpeg is not None for item in items):
+        if not isinstance(engine, JpegDeviceEngine):
+            raise TypeError(f"engine {engine.kind!r} got encoded JPEGs but cannot decode them")
+        run = engine.infer_images([item.jpeg or item.pixels for item in items])
+        return run.outputs, run.failed
+    return infer_pixels(engine, np.stack([item.pixels for item in items])), {}
+
+
 def run_on_engine(engine: Engine, items: list[BatchItem]) -> list[ItemResult | Exception]:
-    batch = np.stack([item.pixels for item in items])
     start = time.perf_counter()
-    outputs = infer_pixels(engine, batch)  # raising here fails the whole batch: INTERNAL
+    outputs, failed = _infer(engine, items)
     inferred = time.perf_counter()
     manifest = engine.manifest
     decoded: list[Detections | Exception]
@@ -91,6 +110,7 @@ def run_on_engine(engine: Engine, items: list[BatchItem]) -> list[ItemResult | E
         ))
     except Exception:
         decoded = _decode_each(outputs, manifest, items)
+    decoded = [failed.get(i, d) for i, d in enumerate(decoded)]
     post_s = time.perf_counter() - inferred
     infer_s = inferred - start
     executed = executed_batch_size(engine, len(items))

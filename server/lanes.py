@@ -14,9 +14,10 @@ decode thread is done with the request, or dropped it unstarted; may come after 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from detserve.engines.base import DecodeParams
+from detserve.engines.device_jpeg import device_jpeg_of
 from detserve.engines.preprocess import PreparedPixels
 from detserve.server.admission import PixelBudget
 from detserve.server.batcher import BatchOutcome
@@ -47,6 +48,15 @@ class Ticket(Protocol):
     def release(self) -> None: ...
 
 
+@runtime_checkable
+class DeviceJpegTicket(Protocol):
+    """A ticket whose engine may take the JPEG still encoded (engines/device_jpeg.py): `place`
+    and `submit` then get an EncodedJpeg, whose pixels are empty."""
+
+    @property
+    def decodes_jpeg(self) -> bool: ...
+
+
 class Lane(Protocol):
     async def admit(self, model: ModelView, deadline: float | None, held: bool,
                     pixels: int) -> Ticket:
@@ -65,6 +75,10 @@ class LocalTicket:
     def expected_decode_s(self) -> float:
         return self.model.admission.times.decode_s or 0.0
 
+    @property
+    def decodes_jpeg(self) -> bool:
+        return self.model.pool.decodes_jpeg
+
     def place(self, prepared: PreparedPixels) -> PreparedPixels:
         return prepared
 
@@ -78,7 +92,7 @@ class LocalTicket:
 
     async def submit(self, prepared: PreparedPixels, params: DecodeParams,
                      deadline: float | None) -> BatchOutcome[ItemResult]:
-        item = BatchItem(prepared.pixels, prepared.letterbox, params)
+        item = BatchItem(prepared.pixels, prepared.letterbox, params, device_jpeg_of(prepared))
         return await self.model.batcher.submit(item, deadline)
 
     def release(self) -> None:
