@@ -1,8 +1,9 @@
-"""The device benchmark: raw engine sweeps, GPU vs host NMS, and the server with batching off/on,
-in one run bounded by a global wall-clock budget. Results are rewritten after every phase, so a
+"""The device benchmark: raw engine sweeps, GPU vs host NMS, the server with batching off/on,
+JPEG decode on the host or the device, and front-end worker processes, in one run bounded by a
+global wall-clock budget. Results are rewritten after every phase, so a
 run cut short still leaves what it measured.
 
-    python3 benchmarks/gpu/bench_device.py --out OUT [--device cuda] [--quick] [--budget-s 380]
+    python3 benchmarks/gpu/bench_device.py --out OUT [--device cuda] [--quick] [--budget-s 420]
 
 Usually started by run_device.sh (installs the carried wheels first).
 """
@@ -27,6 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import gpu_decode_bench  # noqa: E402
 import gpu_engine  # noqa: E402
 import gpu_report  # noqa: E402
 import gpu_server  # noqa: E402
@@ -54,6 +56,10 @@ class Plan:
     worker_counts: tuple[int, ...]  # front-end processes (issue 16's --workers)
     workers_concurrency: int
     workers_budget_s: float
+    decode_sizes: tuple[tuple[int, int], ...]  # JPEGs decoded in process, host vs device
+    decode_batches: tuple[int, ...]
+    decode_workers: tuple[int, ...]  # front-end processes of the served decode host/device rows
+    decode_budget_s: float
     reserve_s: float = 20.0
 
     @classmethod
@@ -61,10 +67,12 @@ class Plan:
         if quick:
             return cls(320, 320, (1, 2, 4), ("fp32", "bf16"), 0.15, 60.0, (1, 2), 25.0,
                        gpu_server.LoadLadder((1, 4), (0.5,), 0.3, 1.0), min(clients, 2),
-                       input_format, 180.0, 60.0, (1, 2), 8, 60.0, 10.0)
-        return cls(320, 640, (1, 2, 4, 8, 16, 32, 64), ("fp32", "fp16"), 0.4, 70.0,
+                       input_format, 180.0, 60.0, (1, 2), 8, 60.0, ((640, 480),), (1, 4),
+                       (1,), 50.0, 10.0)
+        return cls(320, 640, (1, 2, 4, 8, 16, 32, 64), ("fp32", "fp16"), 0.4, 60.0,
                    (1, 8, 32), 25.0, gpu_server.LoadLadder((1, 16, 64, 128), (0.5, 0.9), 0.5, 2.5),
-                   clients, input_format, 150.0, 130.0, (1, 4, 8, 16), 256, 130.0)
+                   clients, input_format, 150.0, 130.0, (1, 4, 8, 16), 256, 110.0,
+                   ((640, 480), (1920, 1080)), (1, 8, 32), (1, 4), 70.0)
 
 
 class Run:
@@ -74,7 +82,8 @@ class Run:
         self.deadline = self.t0 + budget_s
         self.results: dict[str, Any] = {
             "meta": _meta(device, plan, budget_s), "models": [], "engine": [], "nms": [],
-            "server": [], "workers": [], "derived": {}, "errors": [], "phases": {},
+            "server": [], "decode": [], "decode_server": [], "workers": [], "derived": {},
+            "errors": [], "phases": {},
         }
 
     def log(self, msg: str) -> None:
@@ -231,13 +240,60 @@ def phase_workers(run: Run, models: list[gpu_engine.BenchModel]) -> Callable[[fl
     return go
 
 
+def phase_decode(run: Run, models: list[gpu_engine.BenchModel]) -> Callable[[float], None]:
+    """JPEG decode on the host against the device: in process, then served (issue 16)."""
+    def go(deadline: float) -> None:
+        p = run.plan
+        missing = gpu_decode_bench.device_decode_missing(run.device)
+        if missing:  # no torchvision here (a CPU dry run may lack it): skip, saying why
+            run.results["decode_skipped"] = missing
+            run.log(f"decode axis skipped: {missing}")
+            return
+        serve_s = len(p.decode_workers) * 2 * (p.ladder.warmup_s + p.ladder.duration_s + 12.0)
+        run.results["decode"] = gpu_decode_bench.decode_sweep(
+            models[0].package.manifest, run.device, p.decode_sizes, p.decode_batches,
+            max(time.monotonic() + 2.0, deadline - serve_s), run.log)
+        run.save()
+        workers = [w for w in p.decode_workers
+                   if w == 1 or gpu_decode_bench.workers_take_encoded()]
+        if workers != list(p.decode_workers):
+            run.log("decode axis: front-end workers decode on the host (their tickets take no "
+                    f"encoded JPEGs yet): served at {workers} front end(s) only")
+        _serve_decode(run, models[0], workers, deadline)
+    return go
+
+
+def _serve_decode(run: Run, default: gpu_engine.BenchModel, worker_counts: list[int],
+                  deadline: float) -> None:
+    p = run.plan
+    setting = BatchSetting(32, 4.0, 1)
+    ladder = gpu_server.LoadLadder((), (), p.ladder.warmup_s, p.ladder.duration_s)
+    combos = [(w, d) for w in worker_counts for d in ("host", "device")]
+    fleet = gpu_server.LoadFleet(p.client_processes, run.results.get("server_inputs") or {
+        "source": "synthetic", "count": 16, "width": 640, "height": 480, "format": "jpeg"})
+    try:
+        for i, (workers, decode) in enumerate(combos):
+            share = (deadline - time.monotonic()) / (len(combos) - i)
+            if share < ladder.warmup_s + ladder.duration_s + 10.0:
+                run.log(f"decode {decode} at {workers} front end(s): budget spent, skipped")
+                continue
+            served = gpu_server.Served(f"{default.label}-{setting.name}-{decode}", default.label,
+                                       default.package.root, setting, p.precisions[-1], decode)
+            run.results["decode_server"].append(gpu_server.measure_workers(
+                fleet, served, workers, run.device, run.work / f"decode-{decode}-w{workers}",
+                ladder, p.workers_concurrency, min(p.server_start_s, share - 5.0), run.log))
+            run.save()
+    finally:
+        fleet.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU dry run)")
-    ap.add_argument("--budget-s", type=float, default=380.0)
+    ap.add_argument("--budget-s", type=float, default=420.0)
     ap.add_argument("--clients", type=int, default=4, help="client processes")
     ap.add_argument("--input-format", default="jpeg", choices=("jpeg", "png", "raw"))
     args = ap.parse_args(argv)
@@ -253,13 +309,15 @@ def main(argv: list[str] | None = None) -> int:
                                              run.log))
         run.results["models"] = [m.to_json() for m in models]
 
-    later = plan.nms_budget_s + plan.server_min_s + plan.workers_budget_s
+    tail = plan.decode_budget_s + plan.workers_budget_s  # kept for the last two phases
+    later = plan.nms_budget_s + plan.server_min_s + tail
     run.phase("setup", 60.0, setup, later + plan.engine_budget_s / 2)
     if models:
         run.phase("engine", plan.engine_budget_s, phase_engine(run, models), later)
-        run.phase("nms", plan.nms_budget_s, phase_nms(run, models),
-                  plan.server_min_s + plan.workers_budget_s)
-        run.phase("server", plan.server_min_s, phase_server(run, models), plan.workers_budget_s)
+        run.phase("nms", plan.nms_budget_s, phase_nms(run, models), plan.server_min_s + tail)
+        run.phase("server", plan.server_min_s, phase_server(run, models), tail)
+        run.phase("decode", plan.decode_budget_s, phase_decode(run, models),
+                  plan.workers_budget_s)
         run.phase("workers", run.left(), phase_workers(run, models))
     try:
         gpu_report.write_all(run.results, args.out)

@@ -106,6 +106,29 @@ def workers_over_one(rows: list[Row]) -> list[dict[str, Any]]:
             for r in _ok(rows) if r["workers"] != 1]
 
 
+def decode_device_over_host(results: dict[str, Any]) -> dict[str, Any]:
+    """JPEG decode on the device against the host: in process (device img/s at each batch over
+    one host decode thread's) and served (req/s with decode: device over decode: host)."""
+    sweep = results.get("decode", [])
+    in_process = []
+    for r in sweep:
+        host = next((h for h in sweep if h["decode"] == "host" and h["input"] == r["input"]),
+                    None)
+        if r["decode"] == "device" and host is not None:
+            in_process.append({"input": r["input"], "batch": r["batch"],
+                               "ratio": _ratio(r["img_per_s"], host["img_per_s"])})
+    rows = _ok(results.get("decode_server", []))
+    served = []
+    for workers in sorted({r["workers"] for r in rows}):
+        pair = {r["decode"]: r for r in rows if r["workers"] == workers}
+        if "host" in pair and "device" in pair:
+            served.append({"workers": workers, "host_rps": pair["host"]["throughput_rps"],
+                           "device_rps": pair["device"]["throughput_rps"],
+                           "ratio": _ratio(pair["device"]["throughput_rps"],
+                                           pair["host"]["throughput_rps"])})
+    return {"in_process": in_process, "served": served}
+
+
 def derive(results: dict[str, Any]) -> dict[str, Any]:
     engine, server, nms = results["engine"], results["server"], results["nms"]
     precisions = sorted({r["precision"] for r in engine})
@@ -114,6 +137,7 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         "batching_gain": batching_gain(server),
         "server_over_engine": server_vs_engine(server, engine),
         "workers_over_one": workers_over_one(results.get("workers", [])),
+        "decode_device_over_host": decode_device_over_host(results),
         "nms_gpu_over_host_time": [
             {"batch": r["batch"], "candidates_per_image": r["candidates_per_image"],
              "ratio": _ratio(r["gpu_ms"], r["host_ms"])} for r in nms],
@@ -130,7 +154,8 @@ def write_tables(results: dict[str, Any], out: Path) -> None:
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1, default=str))
     tmp.replace(out / "results.json")
-    rows = [{"table": t, **r} for t in ("engine", "nms", "server", "workers")
+    rows = [{"table": t, **r} for t in ("engine", "nms", "server", "decode", "decode_server",
+                                        "workers")
             for r in results.get(t, [])]
     columns: list[str] = []
     for r in rows:
@@ -177,6 +202,14 @@ def headline(results: dict[str, Any]) -> list[str]:
     for r in d.get("nms_gpu_over_host_time", []):
         lines.append(f"- GPU NMS / host NMS time, batch {r['batch']}, "
                      f"{_fmt(r['candidates_per_image'], 0)} candidates/img: {_fmt(r['ratio'], 4)}")
+    in_process = d.get("decode_device_over_host", {}).get("in_process", [])
+    if in_process:
+        ratios = {f"{r['input']} b{r['batch']}": _fmt(r["ratio"], 2) for r in in_process}
+        lines.append(f"- JPEG decode + letterbox img/s, device batch / one host thread: {ratios}")
+    for r in d.get("decode_device_over_host", {}).get("served", []):
+        lines.append(f"- served req/s, JPEG decode on the device / on the host, {r['workers']} "
+                     f"front end(s): {_fmt(r['ratio'], 2)} ({_fmt(r['device_rps'])} vs "
+                     f"{_fmt(r['host_rps'])} req/s)")
     for key, rows in d.items():
         if key.endswith("_over_fp32_img_per_s") and rows:
             ratios = {f"{r['model']} b{r['batch']}": round(r["ratio_img_per_s"], 2) for r in rows}
@@ -216,6 +249,7 @@ def summary_text(results: dict[str, Any]) -> str:
                     [[r["key"], r["mode"], r["level"], r["throughput_rps"], r["p50_ms"],
                       r["p99_ms"], r["mean_batch"], r["errors"], r["client_cpu_cores"],
                       r["client_processes"], r["server_cpu_cores"]] for r in results["server"]])
+    lines += decode_tables(results)
     lines += ["## Front-end worker processes (default model, batching on, closed loop)", ""]
     lines += _table(["workers", "level", "req/s", "p50 ms", "p99 ms", "batch", "errors",
                      "server CPU", "engine CPU", "front end us/req", "exit"],
@@ -229,6 +263,28 @@ def summary_text(results: dict[str, Any]) -> str:
         lines += ["## Errors", ""] + [f"- {e['phase']}: {e['error']}" for e in results["errors"]]
     lines += ["", f"Phases: {results['phases']}", ""]
     return "\n".join(lines)
+
+
+def decode_tables(results: dict[str, Any]) -> list[str]:
+    lines = ["## JPEG decode: host or device (torch-cuda `decode: device`)", ""]
+    if results.get("decode_skipped"):
+        return [*lines, f"Skipped: {results['decode_skipped']}", ""]
+    lines += ["In process: host = one decode thread (libjpeg-turbo, DCT-reduced where the image "
+              "is twice the input, cv2 letterbox); device = one batched decode_jpeg + letterbox "
+              "+ normalisation.", ""]
+    lines += _table(["input", "decode", "batch", "img/s", "ms/batch"],
+                    [[r["input"], r["decode"], r["batch"], r["img_per_s"], r["ms_per_batch"]]
+                     for r in results.get("decode", [])])
+    lines += ["Served (default model, batching 32 / 4 ms, one closed level):", ""]
+    lines += _table(["workers", "decode", "level", "req/s", "p50 ms", "p99 ms", "batch",
+                     "preprocess ms", "inference ms", "errors", "server CPU",
+                     "front end us/req"],
+                    [[r["workers"], r["decode"], r["level"], r["throughput_rps"], r["p50_ms"],
+                      r["p99_ms"], r["mean_batch"], r["server_preprocess_ms"],
+                      r["server_inference_ms"], r["errors"], r["server_cpu_cores"],
+                      r["frontend_cpu_us_per_request"]]
+                     for r in results.get("decode_server", [])])
+    return lines
 
 
 def write_all(results: dict[str, Any], out: Path) -> None:

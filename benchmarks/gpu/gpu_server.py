@@ -40,6 +40,7 @@ class Served:
     package: Path
     setting: BatchSetting
     precision: str
+    decode: str = "host"  # torch-cuda engine option: "device" decodes JPEG batches on the GPU
 
 
 def engine_batch_sizes(max_batch: int) -> list[int]:
@@ -54,7 +55,8 @@ def server_document(served: Sequence[Served], port: int, device: str,
         models.append({
             "name": s.key, "package": str(s.package), "engine": "torch-cuda",
             "engine_options": {"device": device, "precision": s.precision, "nms": "gpu",
-                               "batch_sizes": engine_batch_sizes(s.setting.max_batch_size)},
+                               "batch_sizes": engine_batch_sizes(s.setting.max_batch_size),
+                               "decode": s.decode},
             "batching": s.setting.to_yaml(), "default": i == 0,
         })
     return {"host": "127.0.0.1", "port": port, "metrics_port": None, "log_requests": False,
@@ -196,7 +198,8 @@ def _flat(model: Served, mode: str, level: float, summary: dict[str, Any],
         "key": model.key, "model": model.model_label, "precision": model.precision,
         "max_batch_size": model.setting.max_batch_size,
         "max_queue_delay_ms": model.setting.max_queue_delay_ms,
-        "instances": model.setting.instances, "mode": mode, "level": level,
+        "instances": model.setting.instances, "decode": model.decode, "mode": mode,
+        "level": level,
         "throughput_rps": summary["throughput_rps"], "ok": summary["ok"],
         "errors": sum(summary["errors"].values()),
         "p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"], "p99_ms": lat["p99_ms"],
