@@ -48,7 +48,8 @@ HOW = ("ms/img: median over at least 5 runs and 3 s, or 3 runs once 12 s have pa
        "graph's own for torchvision) on rendered val scenes. Memory per (row, path) process: "
        "peak RSS = VmHWM over import, load and all runs; activation = the peak during one batch "
        "size's runs (VmHWM reset by /proc/self/clear_refs before them) minus VmRSS once the "
-       "engine was made (weights resident) minus the input tensor; ONNX Runtime keeps its arena, "
+       "engine was made (weights resident; freed heap handed back by malloc_trim before both "
+       "readings) minus the input tensor; ONNX Runtime keeps its arena, "
        "so batch 8's figure holds what batch 1 left there.")
 
 

@@ -11,10 +11,11 @@ run, over at least MIN_RUNS runs and MIN_S seconds, or at least FEW_RUNS runs on
 passed (the slow rows: seconds per run).
 
 Memory (MiB, from /proc/self/status): `rss_loaded` is VmRSS once the engine is made (weights
-resident, before any run); before each batch size's runs the peak (VmHWM) is reset to the current
-RSS (`/proc/self/clear_refs` 5), and `activation_b{N}` = that batch's peak - rss_loaded - the
-input tensor's bytes: activations, runtime arenas, outputs and decode. ONNX Runtime keeps its
-arena between runs, so batch 8's figure holds what batch 1 left in it (at most ~1/8 more).
+resident, before any run; freed heap handed back first, glibc malloc_trim); before each batch
+size's runs the peak (VmHWM) is reset to the current RSS (`/proc/self/clear_refs` 5), and
+`activation_b{N}` = that batch's peak - rss_loaded - the input tensor's bytes: activations,
+runtime arenas, outputs and decode. ONNX Runtime keeps its arena between runs, so batch 8's
+figure holds what batch 1 left in it (at most ~1/8 more).
 `peak_rss` is the process's peak over import, load and all runs.
 
 Check: the ORT run saves its raw batch-1 outputs; each other path compares its own against them
@@ -65,8 +66,17 @@ def status_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def trim() -> None:
+    """Hands freed heap pages back to the OS (glibc malloc_trim). Loading a model frees its
+    parsed copy; left resident, later activations would reuse those pages unseen by RSS."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def reset_peak() -> None:
     """VmHWM := VmRSS (Linux >= 4.0), so the next peak read is of what runs after this."""
+    trim()
     Path("/proc/self/clear_refs").write_text("5")
 
 
@@ -138,6 +148,7 @@ def measure(path: str, package_dir: Path, batches: Sequence[int], save: Path | N
     started = time.monotonic()
     engine = make_engine(path, package_dir, batches)
     m = engine.manifest
+    trim()
     rss_loaded = status_mib("VmRSS")
     peaks = [status_mib("VmHWM")]
     infer = infer_fn(engine)
