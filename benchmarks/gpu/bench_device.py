@@ -68,11 +68,11 @@ class Plan:
             return cls(320, 320, (1, 2, 4), ("fp32", "bf16"), 0.15, 60.0, (1, 2), 25.0,
                        gpu_server.LoadLadder((1, 4), (0.5,), 0.3, 1.0), min(clients, 2),
                        input_format, 180.0, 60.0, (1, 2), 8, 60.0, ((640, 480),), (1, 4),
-                       (1,), 50.0, 10.0)
+                       (1,), 80.0, 10.0)
         return cls(320, 640, (1, 2, 4, 8, 16, 32, 64), ("fp32", "fp16"), 0.4, 60.0,
                    (1, 8, 32), 25.0, gpu_server.LoadLadder((1, 16, 64, 128), (0.5, 0.9), 0.5, 2.5),
-                   clients, input_format, 150.0, 130.0, (1, 4, 8, 16), 256, 110.0,
-                   ((640, 480), (1920, 1080)), (1, 8, 32), (1, 4), 70.0)
+                   clients, input_format, 150.0, 130.0, (1, 4, 8, 16), 256, 90.0,
+                   ((640, 480), (1920, 1080)), (1, 8, 32), (1, 4), 90.0)
 
 
 class Run:
@@ -240,6 +240,9 @@ def phase_workers(run: Run, models: list[gpu_engine.BenchModel]) -> Callable[[fl
     return go
 
 
+_ROW_S = 20.0  # a served row beyond its load: server start and stop, the fleet's connections
+
+
 def phase_decode(run: Run, models: list[gpu_engine.BenchModel]) -> Callable[[float], None]:
     """JPEG decode on the host against the device: in process, then served (issue 16)."""
     def go(deadline: float) -> None:
@@ -249,13 +252,17 @@ def phase_decode(run: Run, models: list[gpu_engine.BenchModel]) -> Callable[[flo
             run.results["decode_skipped"] = missing
             run.log(f"decode axis skipped: {missing}")
             return
-        serve_s = len(p.decode_workers) * 2 * (p.ladder.warmup_s + p.ladder.duration_s + 12.0)
-        run.results["decode"] = gpu_decode_bench.decode_sweep(
-            models[0].package.manifest, run.device, p.decode_sizes, p.decode_batches,
-            max(time.monotonic() + 2.0, deadline - serve_s), run.log)
-        run.save()
         workers = [w for w in p.decode_workers
                    if w == 1 or gpu_decode_bench.workers_take_encoded()]
+        # The served rows need a server start each (~10 s on the GPU, ~20 s on a CPU) plus the
+        # client fleet's: the in-process sweep gets at most a quarter of the phase.
+        serve_s = 15.0 + 2 * len(workers) * (_ROW_S + p.ladder.warmup_s + p.ladder.duration_s)
+        now = time.monotonic()
+        sweep_end = max(now + 4.0, min(deadline - serve_s, now + (deadline - now) / 4))
+        run.results["decode"] = gpu_decode_bench.decode_sweep(
+            models[0].package.manifest, run.device, p.decode_sizes, p.decode_batches,
+            sweep_end, run.log)
+        run.save()
         if workers != list(p.decode_workers):
             run.log("decode axis: front-end workers decode on the host (their tickets take no "
                     f"encoded JPEGs yet): served at {workers} front end(s) only")
@@ -274,7 +281,7 @@ def _serve_decode(run: Run, default: gpu_engine.BenchModel, worker_counts: list[
     try:
         for i, (workers, decode) in enumerate(combos):
             share = (deadline - time.monotonic()) / (len(combos) - i)
-            if share < ladder.warmup_s + ladder.duration_s + 10.0:
+            if share < ladder.warmup_s + ladder.duration_s + _ROW_S:
                 run.log(f"decode {decode} at {workers} front end(s): budget spent, skipped")
                 continue
             served = gpu_server.Served(f"{default.label}-{setting.name}-{decode}", default.label,
