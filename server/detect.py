@@ -42,7 +42,7 @@ from detserve.server.errors import (
     invalid,
     to_request_error,
 )
-from detserve.server.lanes import DeviceJpegTicket, Lane, Ticket
+from detserve.server.lanes import Lane, Ticket
 from detserve.server.logs import get_logger
 from detserve.server.registry import ItemResult
 from detserve.server.wire import Incoming, Unparsable
@@ -317,7 +317,7 @@ class DetectCore:
     ) -> PreparedPixels:
         """Decode and letterbox on the decode pool, into the ticket's canvas."""
         record.decode = outcome = DecodeOutcome()
-        on_device = isinstance(ticket, DeviceJpegTicket) and ticket.decodes_jpeg
+        on_device = ticket.decodes_jpeg
         work = functools.partial(_prepare, request.image, model.manifest, self.max_pixels,
                                  self.reduced_decode, ticket.place, on_device)
         try:

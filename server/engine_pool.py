@@ -51,6 +51,10 @@ class EnginePool:
         if not engines:
             raise ValueError("an engine pool needs at least one engine, got 0")
         self.engines = list(engines)
+        # Fixed for the pool's life; asked once per request, and a Protocol isinstance check
+        # costs the event loop microseconds it has not got under load.
+        self._decodes_jpeg = all(
+            isinstance(e, JpegDeviceEngine) and e.decodes_jpeg for e in self.engines)
         self._free: queue.SimpleQueue[Engine] = queue.SimpleQueue()
         for engine in self.engines:
             self._free.put(engine)
@@ -65,7 +69,7 @@ class EnginePool:
     @property
     def decodes_jpeg(self) -> bool:
         """Whether every engine decodes JPEGs on its device, so the front end may skip it."""
-        return all(isinstance(e, JpegDeviceEngine) and e.decodes_jpeg for e in self.engines)
+        return self._decodes_jpeg
 
     def close(self) -> None:
         for engine in self.engines:

@@ -14,7 +14,7 @@ decode thread is done with the request, or dropped it unstarted; may come after 
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from detserve.engines.base import DecodeParams
 from detserve.engines.device_jpeg import device_jpeg_of
@@ -38,6 +38,12 @@ class Ticket(Protocol):
         """Runs on the decode thread: the canvas where the engine will read it."""
         ...
 
+    @property
+    def decodes_jpeg(self) -> bool:
+        """Whether its engine takes the JPEG still encoded (engines/device_jpeg.py): `place`
+        and `submit` then get an EncodedJpeg, whose pixels are empty."""
+        ...
+
     def decoded(self, outcome: DecodeOutcome) -> None: ...
 
     def decode_finished(self) -> None: ...
@@ -46,15 +52,6 @@ class Ticket(Protocol):
                      deadline: float | None) -> BatchOutcome[ItemResult]: ...
 
     def release(self) -> None: ...
-
-
-@runtime_checkable
-class DeviceJpegTicket(Protocol):
-    """A ticket whose engine may take the JPEG still encoded (engines/device_jpeg.py): `place`
-    and `submit` then get an EncodedJpeg, whose pixels are empty."""
-
-    @property
-    def decodes_jpeg(self) -> bool: ...
 
 
 class Lane(Protocol):

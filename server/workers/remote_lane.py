@@ -139,6 +139,10 @@ class RemoteTicket:
     def expected_decode_s(self) -> float:
         return self._expected_decode_s
 
+    @property
+    def decodes_jpeg(self) -> bool:
+        return False  # slots carry letterboxed pixels: a front end decodes on the host
+
     def place(self, prepared: PreparedPixels) -> PreparedPixels:
         height, width = prepared.pixels.shape[:2]
         canvas = self._segment.image(self._slot, height, width)
