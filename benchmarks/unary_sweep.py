@@ -8,7 +8,8 @@ the raw engine measured in the same run.
 (each axis holds the served default's value plus these; the grid is their cross product), e.g.
 `--batch-sizes 4 --static-batch-sizes 1,8 1,2,4,8`. Writes results.json, results.csv,
 report.md and the plots into --out. The report (and the end of the output) gives the served
-default ÷ no batching throughput ratio at each concurrency and at saturation, "dynamic batching
+default ÷ no batching throughput ratio at each concurrency and at saturation (with --rounds R,
+the default 3, each the median of the R rounds' own ratios), "dynamic batching
 ÷ no batching at equal p99", "server ÷ raw engine" and the recommendation.
 """
 
@@ -75,6 +76,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--client-nice", type=int, default=0,
                    help="lower the load generator's CPU priority once the servers run")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="passes over the ladder, the settings alternating first; each ratio "
+                        "is the median of the rounds' own ratios (client/bench/rounds.py)")
     args = p.parse_args()
     grid, batching = build_grid(args)
     sweep = {
@@ -89,6 +93,7 @@ def main() -> None:
                                      "duration_s": min(args.duration_s, 5.0)},
                       "no_batching": True},
         "client_nice": args.client_nice,
+        "rounds": args.rounds,
     }
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detserve.client.bench import hostload, targetinfo
+from detserve.client.bench import hostload, rounds, targetinfo
 from detserve.client.bench.recorder import OK, records_from_columns
 from detserve.client.bench.resultsdoc import csv_rows, options_text
 
@@ -61,9 +61,14 @@ TABLE = (("setting", "setting"), ("level", "level"), ("throughput_rps", "req/s")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(h for _, h in TABLE) + " |"
-    sep = "|" + "|".join("---" for _ in TABLE) + "|"
-    body = ["| " + " | ".join(_fmt(r[k]) for k, _ in TABLE) + " |" for r in rows]
+    """One row per level run; a round column (counting from 1) when the sweep had rounds."""
+    cols: tuple[tuple[str, str], ...] = TABLE
+    if any(r.get("round") for r in rows):
+        cols = (TABLE[0], ("round", "round"), *TABLE[1:])
+    head = "| " + " | ".join(h for _, h in cols) + " |"
+    sep = "|" + "|".join("---" for _ in cols) + "|"
+    body = ["| " + " | ".join(str(r[k] + 1) if k == "round" else _fmt(r[k]) for k, _ in cols)
+            + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 
@@ -154,32 +159,50 @@ def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def default_vs_no_batching(rows: list[dict[str, Any]]) -> list[str]:
     """Served default ÷ no batching: throughput ratio per load level and at saturation (the
-    highest throughput each reached). Compares the first setting of each role."""
+    highest throughput each reached). Compares the first setting of each role. With rounds
+    (client/bench/rounds.py) each ratio is the median of the rounds' own ratios, the req/s and
+    p99 columns are each level's median round."""
     served = [r for r in rows if r["role"] == "served_default"]
     base = [r for r in rows if r["role"] == "no_batching"]
     if not served or not base:
         return []
-    mine = [r for r in served if r["setting"] == served[0]["setting"]]
-    ref = {r["level"]: r for r in base if r["setting"] == base[0]["setting"]}
-    name, ref_name = mine[0]["setting"], base[0]["setting"]
-    lines = [f"| level | {name} req/s | {ref_name} req/s | ratio | {name} p99 ms | "
-             f"{ref_name} p99 ms |", "|---|---|---|---|---|---|"]
-    for r in mine:
-        b = ref.get(r["level"])
+    name, ref_name = served[0]["setting"], base[0]["setting"]
+    mine = [r for r in served if r["setting"] == name]
+    ref = [r for r in base if r["setting"] == ref_name]
+    per_level = rounds.ratios_by_level(mine, ref)
+    several = any(len(v) > 1 for v in per_level.values())
+    shown = {float(r["level"]): r for r in rounds.representative_rows(ref)}
+    extra = " ratio per round |" if several else ""
+    lines = [f"| level | {name} req/s | {ref_name} req/s | ratio |{extra} {name} p99 ms | "
+             f"{ref_name} p99 ms |", "|---|---|---|---|" + ("---|" if several else "") + "---|---|"]
+    for r in rounds.representative_rows(mine):
+        b = shown.get(float(r["level"]))
         if b is None:
             continue
-        ratio = r["throughput_rps"] / b["throughput_rps"] if b["throughput_rps"] else float("nan")
+        ratios = per_level[float(r["level"])]
+        each = f" {' / '.join(f'{v:.2f}' for v in ratios)} |" if several else ""
         lines.append(f"| {r['level']:g} | {_fmt(r['throughput_rps'])} | "
-                     f"{_fmt(b['throughput_rps'])} | **{ratio:.2f}** | "
+                     f"{_fmt(b['throughput_rps'])} | **{rounds.median(ratios):.2f}** |{each} "
                      f"{_fmt(r['latency_p99_ms'])} | {_fmt(b['latency_p99_ms'])} |")
-    top, top_ref = _best(mine), _best(list(ref.values()))
-    if top is not None and top_ref is not None:
-        ratio = top["throughput_rps"] / top_ref["throughput_rps"]
-        lines += ["", f"- at saturation (the highest throughput each reached): {name} "
-                  f"{top['throughput_rps']:.1f} req/s (level {top['level']:g}) ÷ {ref_name} "
-                  f"{top_ref['throughput_rps']:.1f} req/s (level {top_ref['level']:g}) = "
-                  f"**{ratio:.2f}**"]
+    lines += ["", _saturation_line(mine, ref, name, ref_name)]
     return lines
+
+
+def _saturation_line(mine: list[dict[str, Any]], ref: list[dict[str, Any]], name: str,
+                     ref_name: str) -> str:
+    ratios = rounds.saturation_ratios(mine, ref, _best)
+    top = _best(rounds.representative_rows(mine))
+    top_ref = _best(rounds.representative_rows(ref))
+    if top is None or top_ref is None or not ratios:
+        return f"- at saturation: no level of {name} or {ref_name} was answered"
+    head = (f"- at saturation (the highest throughput each reached): {name} "
+            f"{top['throughput_rps']:.1f} req/s (level {top['level']:g}) ÷ {ref_name} "
+            f"{top_ref['throughput_rps']:.1f} req/s (level {top_ref['level']:g})")
+    if len(ratios) == 1:
+        return f"{head} = **{ratios[0]:.2f}**"
+    each = ", ".join(f"{v:.2f}" for v in ratios)
+    return (f"{head}; the median of the rounds' ratios (each round's best ÷ its best) = "
+            f"**{rounds.median(ratios):.2f}** (rounds: {each})")
 
 
 def recommendation_line(rec: Recommendation | None, slo_ms: float) -> str:
@@ -191,15 +214,18 @@ def recommendation_line(rec: Recommendation | None, slo_ms: float) -> str:
 
 
 def conclusions(rows: list[dict[str, Any]], slo_ms: float) -> list[str]:
-    """The report's comparisons and recommendation (markdown), also printed by the scripts."""
+    """The report's comparisons and recommendation (markdown), also printed by the scripts.
+    With rounds, the recommendation and the gain at equal p99 read each level's median round."""
     parts: list[str] = []
-    gain = batching_gain(rows)
+    shown = rounds.representative_rows(rows)
+    gain = batching_gain(shown)
     if gain:
         parts += ["## Dynamic batching ÷ no batching at equal p99", "", f"- {gain}", ""]
     ratios = default_vs_no_batching(rows)
     if ratios:
         parts += ["## Served default ÷ no batching, per load level", "", *ratios, ""]
-    return [*parts, "## Recommendation", "", recommendation_line(recommend(rows, slo_ms), slo_ms)]
+    return [*parts, "## Recommendation", "",
+            recommendation_line(recommend(shown, slo_ms), slo_ms)]
 
 
 def report_name(results_name: str) -> str:
@@ -225,18 +251,31 @@ def write_report(doc: dict[str, Any], out_dir: Path, slo_ms: float,
 
         return write_soak_report(doc, out_dir, slo_ms, results_name)
     rows = csv_rows(doc)
-    plots = write_plots(doc, out_dir, slo_ms, results_name, recommend(rows, slo_ms))
+    shown = rounds.representative(doc)
+    plots = write_plots(shown, out_dir, slo_ms, results_name,
+                        recommend(csv_rows(shown), slo_ms))
     parts = [*header(doc, "detserve-bench report"), "## Settings", "", settings_table(doc), "",
-             *target_note(doc), "## Load levels", "", markdown_table(rows), ""]
+             *target_note(doc), "## Load levels", "", *_rounds_note(doc), markdown_table(rows),
+             ""]
     if doc.get("raw_engine"):
         parts += ["## Raw engine (no server, same inputs)", "", raw_table(doc["raw_engine"]), "",
                   "### Server ÷ raw engine at the same batch size", "",
-                  *(server_vs_raw(doc, rows) or ["- (no setting with a matching batch size)"]),
+                  *(server_vs_raw(doc, csv_rows(shown))
+                    or ["- (no setting with a matching batch size)"]),
                   ""]
     parts += [*conclusions(rows, slo_ms), "", *plots_section(plots)]
     path = out_dir / report_name(results_name)
     path.write_text("\n".join(parts))
     return path
+
+
+def _rounds_note(doc: dict[str, Any]) -> list[str]:
+    n = rounds.rounds_in(doc)
+    if n == 1:
+        return []
+    return [f"{n} rounds: every level ran once per round for each setting, in turn; the rows "
+            "below are in the order they ran. Ratios are taken within a round; the plots and "
+            "the recommendation use each level's median round.", ""]
 
 
 def ok_latencies(level: dict[str, Any]) -> list[float]:

@@ -22,14 +22,15 @@ _PACKAGES = ("detserve", "grpcio", "protobuf", "numpy", "onnxruntime", "opencv-p
              "hdrhistogram", "asyncio-throttle", "openvino")
 
 CSV_COLUMNS = (
-    "setting", "role", "max_batch_size", "max_queue_delay_ms", "max_queue_wait_ms", "instances",
-    "engine_options", "mode", "transport", "level", "concurrency", "offered_rps", "rate_rps",
-    "cameras", "fps", "window_s", "sent", "ok", "errors", "dropped_frames", "stale_frames",
-    "throughput_rps", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms",
-    "latency_p999_ms", "latency_mean_ms", "latency_max_ms", "server_queue_mean_ms",
-    "server_preprocess_mean_ms", "server_inference_mean_ms", "server_postprocess_mean_ms",
-    "server_total_mean_ms", "batch_size_mean", "executed_batch_size_mean", "server_rss_peak_mb",
-    "client_cpu_cores", "send_lag_p99_ms", "client_saturated",
+    "setting", "role", "round", "max_batch_size", "max_queue_delay_ms", "max_queue_wait_ms",
+    "instances", "engine_options", "mode", "transport", "level", "concurrency", "offered_rps",
+    "rate_rps", "cameras", "fps", "window_s", "sent", "ok", "errors", "dropped_frames",
+    "stale_frames", "throughput_rps", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms",
+    "latency_p99_ms", "latency_p999_ms", "latency_mean_ms", "latency_max_ms",
+    "server_queue_mean_ms", "server_preprocess_mean_ms", "server_inference_mean_ms",
+    "server_postprocess_mean_ms", "server_total_mean_ms", "batch_size_mean",
+    "executed_batch_size_mean", "server_rss_peak_mb", "client_cpu_cores", "send_lag_p99_ms",
+    "client_saturated",
 )
 
 
@@ -111,6 +112,7 @@ def csv_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             spec, lat, srv = lv["spec"], lv["latency"], lv["server_ms"]
             rows.append({
                 "setting": setting["name"], "role": setting["role"],
+                "round": int(lv.get("round", 0)),
                 "max_batch_size": b.get("max_batch_size", ""),
                 "max_queue_delay_ms": b.get("max_queue_delay_ms", ""),
                 "max_queue_wait_ms": b.get("max_queue_wait_ms", ""),

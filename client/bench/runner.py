@@ -78,9 +78,11 @@ class LevelResult:
     records: list[RequestRecord]
     # The server process's peak VmRSS during the level (MB), where the harness sampled it.
     server_rss_peak_mb: float | None = None
+    round_index: int = 0  # the ladder's pass in a sweep with rounds (client/bench/rounds.py)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = self.summary.to_json()
+        out["round"] = self.round_index
         if self.server_rss_peak_mb is not None:
             out["server_rss_peak_mb"] = round(self.server_rss_peak_mb, 2)
         out["records"] = records_to_columns(self.records)

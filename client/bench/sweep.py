@@ -28,6 +28,7 @@ Sweep file (YAML):
     startup_timeout_s: 120
     interleave: true              # all servers up at once, levels taken in turns (below)
     client_nice: 0                # interleave only: the load generator's nice once servers run
+    rounds: 1                     # interleave only: passes over the ladder (client/bench/rounds.py)
 
 With `interleave` (the default), every setting's server starts first, then the sweep runs level
 by level, each setting in turn at that level (the order rotating from level to level), so a
@@ -36,7 +37,9 @@ between settings at a level come from minutes apart at most, not from the length
 sweep. Only the setting under load is busy; the others sit idle. `interleave: false` runs one
 server after another, each through the whole ladder (less memory). `client_nice: N` lowers the
 load generator's CPU priority once every server runs (they keep theirs), so on cores it shares
-with them it takes what they leave, as clients on other machines would.
+with them it takes what they leave, as clients on other machines would. `rounds: R` runs the
+interleaved ladder R times, the setting that goes first alternating between rounds; the report
+takes each ratio within a round and gives the median of the rounds' ratios.
 
 The settings are the cross product of every grid list; a field the grid leaves out takes its
 value from `model.batching` (batching fields beyond the grid's, e.g. preferred_batch_sizes or
@@ -78,7 +81,7 @@ from detserve.protos import detection_pb2 as pb
 
 BUILTIN = "builtin:"
 _TOP_KEYS = ("model", "server", "grid", "load", "inputs", "baselines", "startup_timeout_s",
-             "interleave", "client_nice")
+             "interleave", "client_nice", "rounds")
 _LOAD_SETTINGS = ("transport", "warmup_s", "duration_s", "max_requests", "timeout_s",
                   "max_outstanding", "streams", "seed")
 
@@ -97,7 +100,7 @@ class SweepConfig:
     base_batching: dict[str, Any] | None = None  # model.batching, as given
     interleave: bool = True
     client_nice: int = 0
-
+    rounds: int = 1
 
 def resolve_package(value: str, base_dir: Path) -> Path:
     """`builtin:<dir>` (shipped in detserve.models), absolute, or relative to the sweep file."""
@@ -115,6 +118,12 @@ def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
     if raw.get("client_nice") and not raw.get("interleave", True):
         raise ValueError("sweep field 'client_nice' needs interleave: true (a server started "
                          "after the load generator lowered its priority would inherit it)")
+    rounds = raw.get("rounds", 1)
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise ValueError(f"sweep field 'rounds' must be an integer >= 1, got {rounds!r}")
+    if rounds > 1 and not raw.get("interleave", True):
+        raise ValueError(f"sweep field 'rounds' ({rounds}) needs interleave: true (rounds "
+                         "alternate the settings level by level)")
     unknown = set(raw) - set(_TOP_KEYS)
     if unknown:
         raise ValueError(f"unknown sweep field(s) {sorted(unknown)}; allowed: {list(_TOP_KEYS)}")
@@ -154,6 +163,7 @@ def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
         base_batching=None if base_batching is None else dict(base_batching),
         interleave=bool(raw.get("interleave", True)),
         client_nice=int(raw.get("client_nice", 0)),
+        rounds=rounds,
     )
 
 
@@ -201,7 +211,8 @@ async def run_sweep(cfg: SweepConfig, out_dir: Path, show_progress: bool = True)
 
 async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], out_dir: Path,
                            doc: dict[str, Any], show_progress: bool) -> None:
-    """Every setting's server up at once; level by level, each setting in turn."""
+    """Every setting's server up at once; level by level, each setting in turn, the whole
+    ladder `cfg.rounds` times."""
     procs: list[ServerProcess] = []
     try:
         for point in cfg.settings:
@@ -218,12 +229,16 @@ async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], o
         doc["settings"].extend(setting_entry(p.name, p.role, p.batching.to_yaml(), proc.target,
                                              [], engine_options=p.engine_options)
                                for p, proc in zip(cfg.settings, procs, strict=True))
-        for k, level in enumerate(cfg.plan.levels):
+        passes = [(r, k, level) for r in range(cfg.rounds)
+                  for k, level in enumerate(cfg.plan.levels)]
+        for r, k, level in passes:
             one = replace(cfg.plan, levels=(level,))
-            for i in _rotated(len(cfg.settings), k):
+            for i in _rotated(len(cfg.settings), k + r):
                 point, proc = cfg.settings[i], procs[i]
                 result = await _level_with_rss(proc, requests, one, point.name, show_progress)
-                tqdm.write(f"{point.name} {describe(result.summary)}")
+                result.round_index = r
+                tqdm.write(f"{point.name} round {r + 1}/{cfg.rounds} "
+                           f"{describe(result.summary)}")
                 levels[i].append(result)
                 doc["settings"][first + i] = setting_entry(
                     point.name, point.role, point.batching.to_yaml(), proc.target, levels[i],

@@ -19,8 +19,8 @@ from detserve.client.client import DetectClient
 from .conftest import ThreadedServer
 
 UNIT_SUFFIXES = ("_ms", "_rps", "_s", "_cores", "_mb")
-COUNT_COLUMNS = {"level", "concurrency", "sent", "ok", "errors", "dropped_frames", "stale_frames",
-                 "max_batch_size", "instances", "cameras", "fps", "batch_size_mean",
+COUNT_COLUMNS = {"round", "level", "concurrency", "sent", "ok", "errors", "dropped_frames",
+                 "stale_frames", "max_batch_size", "instances", "cameras", "fps", "batch_size_mean",
                  "executed_batch_size_mean"}
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
+import pytest
 import yaml
 
 from detserve.client.bench.cli import main as bench_main
 from detserve.client.bench.grid import grid_settings
 from detserve.client.bench.report import recommend
 from detserve.client.bench.resultsdoc import CSV_COLUMNS, csv_rows
+from detserve.client.bench.rounds import ratios_by_level, representative_rows
 from detserve.client.bench.sweep import load_sweep
 
 
@@ -95,3 +98,49 @@ def test_interleaved_order_rotates_per_level() -> None:
     from detserve.client.bench.sweep import _rotated
 
     assert [_rotated(3, k) for k in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+
+
+def test_sweep_with_rounds_alternates_and_reports_the_median_ratio(
+        tiny_package: Path, blocks_folder: Path, tmp_path: Path) -> None:
+    sweep = {
+        "model": {"package": str(tiny_package), "engine_options": {"intra_op_threads": 1},
+                  "batching": {"max_batch_size": 4, "max_queue_delay_ms": 2, "instances": 1,
+                               "max_queue_size": 64}},
+        "grid": {"max_batch_size": [1, 4]},
+        "load": {"mode": "closed", "levels": [1, 2], "warmup_s": 0.1, "duration_s": 0.3},
+        "inputs": {"source": str(blocks_folder), "count": 4},
+        "baselines": {"raw_engine": False},
+        "startup_timeout_s": 60,
+        "rounds": 3,
+    }
+    cfg_path = tmp_path / "sweep.yaml"
+    cfg_path.write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "out"
+    assert bench_main(["sweep", "--config", str(cfg_path), "--out", str(out), "--slo-ms",
+                       "5000", "--no-progress"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    for setting in doc["settings"]:
+        assert [(lv["round"], lv["spec"]["level"]) for lv in setting["levels"]] == [
+            (r, level) for r in range(3) for level in (1.0, 2.0)]
+    rows = csv_rows(doc)
+    assert len(rows) == 12
+    ratios = ratios_by_level([r for r in rows if r["role"] == "served_default"],
+                             [r for r in rows if r["role"] == "no_batching"])
+    assert sorted(ratios) == [1.0, 2.0] and all(len(v) == 3 for v in ratios.values())
+    report = (out / "report.md").read_text()
+    assert "ratio per round" in report and "3 rounds" in report
+    for level, values in ratios.items():
+        each = " / ".join(f"{v:.2f}" for v in values)
+        assert f"**{statistics.median(values):.2f}** | {each} |" in report, level
+    # The recommendation reads each level's median round, a row of the table.
+    rec = recommend(representative_rows(rows), 5000.0)
+    assert rec is not None and f"**{rec.setting}** at level {rec.level:g}" in report
+
+
+def test_rounds_need_interleave(tmp_path: Path, tiny_package: Path) -> None:
+    for bad, message in (({"rounds": 0}, "'rounds' must be an integer >= 1, got 0"),
+                         ({"rounds": 2, "interleave": False}, "needs interleave: true")):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(yaml.safe_dump({"model": {"package": str(tiny_package)}, **bad}))
+        with pytest.raises(ValueError, match=message):
+            load_sweep(cfg)
