@@ -119,9 +119,19 @@ class InServer:
     held: int = 0  # admitted, not yet answered
     decoding: int = 0  # of those, waiting for or in decode
     refused_at: float = -math.inf  # time.monotonic() of the last refusal by a bound or deadline
+    # Admitted and not yet queued: ticket -> time.monotonic() admitted, oldest first.
+    on_way: dict[int, float] = field(default_factory=dict)
 
     def refused_within(self, seconds: float) -> bool:
         return time.monotonic() - self.refused_at < seconds
+
+    def expected_arrival(self, decode_s: float) -> float | None:
+        """time.monotonic() at which the next request on its way should reach the batch queue
+        (its admission + a mean decode); None when none is on its way. The batcher's window
+        waits for company only when it should come before the window closes."""
+        for admitted_at in self.on_way.values():  # the oldest, admitted and decoded first
+            return admitted_at + decode_s
+        return None
 
 
 class ModelAdmission:

@@ -5,10 +5,11 @@ Rules (DESIGN.md "Batching semantics"):
   `max_batch_size` items are waiting, at once when a preferred batch size is reached, or when
   `max_queue_delay_s` has passed since the first request. A delay of 0 means "take what is queued
   now, never wait". One item is one image, so batches are counted in images.
-- With `coming` (the server passes the count of admitted requests still decoding), the window
-  waits only while company is on its way: with nobody coming, waiting would only add latency,
-  and a lone caller would pay the whole delay on every request (batching losing to no batching
-  at low load). Requests that arrive while the engine is busy still batch up.
+- With `coming` (the server passes when the next admitted request still decoding should reach
+  the queue), the window waits only for company due before it closes: with nobody coming, or
+  company due later (a decode longer than the delay), waiting would only add latency, and a
+  lone caller would pay the whole delay on every request (batching losing to no batching at
+  low load). Requests that arrive while the engine is busy still batch up.
 - The queue is bounded: `submit` raises `QueueFullError` at once instead of growing without limit.
 - Deadlines are checked when a request leaves the queue (and by a timer while it waits), so an
   expired request never reaches `run_batch`.
@@ -74,7 +75,7 @@ class Batcher(Generic[T, R]):
         name: str = "",
         queue_limit: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
-        coming: Callable[[], int] | None = None,
+        coming: Callable[[], float | None] | None = None,
         batch_time_s: Callable[[int], float] | None = None,
         shedding: Callable[[], bool] | None = None,
         on_fault: Callable[[BaseException], None] | None = None,
@@ -253,8 +254,10 @@ class Batcher(Generic[T, R]):
         window_end = self._queue[0].enqueued_at + cfg.max_queue_delay_s
         if self._draining or now >= window_end:
             return count
-        if self._coming is not None and self._coming() == 0:
-            return count
+        if self._coming is not None:
+            arrival = self._coming()
+            if arrival is None or arrival > window_end:
+                return count
         reached = [size for size in cfg.preferred_batch_sizes if size <= count]
         return reached[-1] if reached else 0
 

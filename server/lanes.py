@@ -14,6 +14,7 @@ decode thread is done with the request, or dropped it unstarted; may come after 
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from detserve.engines.base import DecodeParams
@@ -67,6 +68,8 @@ class LocalTicket:
         self.model = model
         self._budget = budget
         self._pixels = pixels
+        self._on_way = model.admission.counts.on_way
+        self._on_way[id(self)] = time.monotonic()
 
     @property
     def expected_decode_s(self) -> float:
@@ -90,9 +93,11 @@ class LocalTicket:
     async def submit(self, prepared: PreparedPixels, params: DecodeParams,
                      deadline: float | None) -> BatchOutcome[ItemResult]:
         item = BatchItem(prepared.pixels, prepared.letterbox, params, device_jpeg_of(prepared))
+        self._on_way.pop(id(self), None)
         return await self.model.batcher.submit(item, deadline)
 
     def release(self) -> None:
+        self._on_way.pop(id(self), None)
         self.model.admission.release()
 
 

@@ -165,9 +165,8 @@ def _served(cfg: ModelConfig, engines: list[Engine], server: ServerConfig) -> Se
     counts = InServer()
     batcher = Batcher(pool.run_batch, b, name=key, queue_limit=queue_limit,
                       on_batch=times.observe_batch,
-                      # Admitted, not yet queued nor running: decoding, or decoded and on its
-                      # way to submit (counting only decodes missed that step's gap).
-                      coming=(lambda: counts.held - batcher.queue_depth() - batcher.running_items)
+                      # The next admitted request still decoding, or decoded and on its way.
+                      coming=(lambda: counts.expected_arrival(times.decode_s or 0.0))
                       if b.adaptive_window else None,
                       batch_time_s=times.batch_time_s,
                       # Refusing now means the engine is the bottleneck (see batch_choice).

@@ -253,3 +253,30 @@ async def test_adaptive_window_waits_for_requests_still_decoding(start: Callable
     replies = [await c for c in calls]
     assert [(r.frame_id, r.batch_size) for r in replies] == [(1, 2), (2, 2)]
     assert run.engines.first.batches == [2]
+
+
+async def test_adaptive_window_does_not_wait_for_company_due_after_it_closes(
+        start: Callable[..., Any], tiny_package: Path) -> None:
+    # Decodes measured at 60 s: the request decoding behind the first cannot reach the queue
+    # before a 10 s window closes, so waiting for it would only delay the first.
+    run: Running = await start(server_config(
+        blocks_model(tiny_package, max_batch_size=2, max_queue_delay_s=10.0), decode_threads=1))
+    admission = run.server.registry.default.admission
+    admission.times.observe_decode(60.0)
+    blocker = DecodeBlocker(run.server, 1)
+    first = asyncio.ensure_future(run.stub.Detect(request_for(GOOD, frame_id=1)))
+    await until(lambda: admission.decoding == 1)
+    # Between the two in the decode queue: holds the thread once the first is decoded.
+    second_gate = threading.Event()
+    run.server.core.decoder._executor.submit(second_gate.wait, WAIT_S)
+    second = asyncio.ensure_future(run.stub.Detect(request_for(GOOD, frame_id=2)))
+    await until(lambda: admission.decoding == 2)
+    blocker.release()
+    try:
+        reply = await asyncio.wait_for(first, WAIT_S / 2)  # answered while the second is held
+        assert (reply.frame_id, reply.batch_size, boxes_of(reply)) == (1, 1, GOOD_BOXES)
+        assert admission.decoding == 1
+    finally:
+        second_gate.set()
+    assert (await asyncio.wait_for(second, WAIT_S)).batch_size == 1
+    assert run.engines.first.batches == [1, 1]
