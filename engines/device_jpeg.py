@@ -40,7 +40,7 @@ _NO_PIXELS: npt.NDArray[np.uint8] = np.zeros((0, 0, 3), np.uint8)
 class DeviceJpeg:
     """One JPEG for the device: its bytes and where its decoded picture goes on the canvas."""
 
-    data: bytes
+    data: bytes | memoryview  # memoryview: a view of a worker's slot (server/workers/slots.py)
     stored_size: tuple[int, int]  # (width, height) as stored: what the decode must return
     orientation: int  # EXIF orientation (engines/jpeg.py), applied on the device
     resized: tuple[int, int]  # (new_w, new_h) of the upright picture on the canvas

@@ -61,7 +61,7 @@ def probe_jpeg() -> bytes:
     return bytes(data)
 
 
-def _as_tensor(data: bytes) -> Tensor:
+def _as_tensor(data: bytes | memoryview) -> Tensor:
     # bytearray: torch refuses to wrap an immutable buffer without a warning.
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 

@@ -3,6 +3,10 @@
 Each front-end request is a `LocalTicket` of the engine's own `LocalLane` here, driven by the
 messages of ipc.py: ADMIT runs the same admission and pixel budget as one process does, SUBMIT
 puts the canvas (a view of the request's slot) in the batcher, DROP and CANCEL end it early.
+For a model whose engine decodes JPEGs on its device (WELCOME names them), SUBMIT may bring an
+encoded JPEG instead: its bytes (a view of the slot, or the message's own when they did not
+fit) and header facts become the batch item's `DeviceJpeg`, decoded with the rest of the batch;
+one the decoder refuses fails only its own request (INVALID_ARGUMENT), as in one process.
 So the bounds of server/admission.py (queue size, expected wait, deadlines, pixels in flight)
 count every front end's requests together, and a refusal carries the same retry pushback.
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from detserve.engines.base import DecodeParams, Letterbox
+from detserve.engines.device_jpeg import DeviceJpeg, deferred
 from detserve.engines.preprocess import PreparedPixels
 from detserve.server.admission import Rejected
 from detserve.server.catalog import ModelEntry
@@ -64,6 +69,18 @@ def _decoded(decode_s: float | None) -> DecodeOutcome:
     return DecodeOutcome(decoded=decode_s is not None, decode_s=decode_s or 0.0)
 
 
+def _prepared(held: _Held, model: ServedModel, letterbox: Letterbox,
+              jpeg: ipc.JpegWire | None) -> PreparedPixels:
+    """What the batcher gets: views of the request's slot, pixels or an encoded JPEG."""
+    if jpeg is None:
+        manifest = model.manifest
+        canvas = held.segment.image(held.slot, manifest.input_height, manifest.input_width)
+        return PreparedPixels(canvas, letterbox)
+    size, stored, orientation, resized, offset, inline = jpeg
+    data = held.segment.encoded(held.slot, size) if inline is None else inline
+    return deferred(DeviceJpeg(data, stored, orientation, resized, offset, letterbox))
+
+
 class EngineHub:
     def __init__(self, registry: ModelRegistry, lane: LocalLane, segments: list[Segment],
                  layout: SlotLayout, observer: RequestObserver, metrics: WorkerMetrics) -> None:
@@ -76,6 +93,8 @@ class EngineHub:
         # process's event-loop time per request.
         self._in_use = [metrics.slots_in_use.labels(str(i)) for i in range(len(segments))]
         self._brought = [metrics.requests.labels(str(i)) for i in range(len(segments))]
+        self._jpegs = {via: [metrics.encoded_jpegs.labels(str(i), via)
+                             for i in range(len(segments))] for via in ("slot", "message")}
         self.observer = observer
         self.metrics = metrics
         self.stopping = False
@@ -83,6 +102,8 @@ class EngineHub:
         self.idle = asyncio.Event()  # no front end connected
         self.idle.set()
         self._entries = [ModelEntry.of(m) for m in registry.models.values()]
+        self._jpeg_models = frozenset(k for k, m in registry.models.items()
+                                      if m.pool.decodes_jpeg)
         self._log = get_logger("detserve.server.workers")
 
     def new_stream(self) -> ipc.MessageStream:
@@ -129,7 +150,8 @@ class EngineHub:
         self.idle.clear()
         self.metrics.connected.set(len(self.connections))
         self._log.info("worker_connected", worker=index, pid=pid)
-        self._send(conn, (ipc.WELCOME, self._entries, self.segments[index].name, self.layout))
+        self._send(conn, (ipc.WELCOME, self._entries, self.segments[index].name, self.layout,
+                          self._jpeg_models))
 
     def _admit(self, conn: _Conn, tid: int, key: str, deadline: float | None, held: bool,
                pixels: int) -> None:
@@ -189,10 +211,13 @@ class EngineHub:
     def _submit(self, conn: _Conn, tid: int,
                 letterbox: tuple[float, float, float, float, int, int],
                 params: tuple[float, float, int, tuple[int, ...] | None],
-                deadline: float | None, decode_s: float | None) -> None:
+                deadline: float | None, decode_s: float | None,
+                jpeg: ipc.JpegWire | None) -> None:
         request = conn.requests.get(tid)
         if request is None or request.ticket is None or request.slot is None or conn.index is None:
             raise ipc.ProtocolError(f"SUBMIT for request {tid}, which holds no slot")
+        if jpeg is not None:
+            self._check_jpeg(conn.index, request.model, jpeg)
         held = _Held(self.segments[conn.index], request.slot, request.ticket)
         held.ticket.decoded(_decoded(decode_s))
         held.ticket.decode_finished()
@@ -200,16 +225,27 @@ class EngineHub:
         score, iou, top, classes = params
         decode = DecodeParams(score, iou, top, None if classes is None else frozenset(classes))
         request.task = asyncio.create_task(self._run(conn, tid, request, held,
-                                                     Letterbox(*letterbox), decode, deadline))
+                                                     Letterbox(*letterbox), jpeg, decode,
+                                                     deadline))
+
+    def _check_jpeg(self, index: int, model: ServedModel, jpeg: ipc.JpegWire) -> None:
+        """Only a model named in WELCOME takes JPEGs, and bytes not inline are in the slot."""
+        size, inline = jpeg[0], jpeg[5]
+        if model.key not in self._jpeg_models:
+            raise ipc.ProtocolError(f"SUBMIT of an encoded JPEG for model {model.key}, whose "
+                                    f"engine decodes on the host")
+        if inline is None and size > self.layout.image_bytes:
+            raise ipc.ProtocolError(f"SUBMIT of a {size}-byte JPEG in a slot of "
+                                    f"{self.layout.image_bytes}")
+        self._jpegs["slot" if inline is None else "message"][index].inc()
 
     async def _run(self, conn: _Conn, tid: int, request: _Request, held: _Held,
-                   letterbox: Letterbox, params: DecodeParams, deadline: float | None) -> None:
+                   letterbox: Letterbox, jpeg: ipc.JpegWire | None, params: DecodeParams,
+                   deadline: float | None) -> None:
         segment, slot = held.segment, held.slot
-        manifest = request.model.manifest
         try:
-            canvas = segment.image(slot, manifest.input_height, manifest.input_width)
-            outcome = await held.ticket.submit(PreparedPixels(canvas, letterbox), params,
-                                               deadline)
+            prepared = _prepared(held, request.model, letterbox, jpeg)
+            outcome = await held.ticket.submit(prepared, params, deadline)
         except asyncio.CancelledError:  # CANCEL, or the front end is gone: nobody to answer
             pass
         except Exception as exc:

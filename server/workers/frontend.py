@@ -1,7 +1,8 @@
 """A front-end process: the Detector servicer, health and reflection on the shared port.
 
 It parses and validates each request, reads its header, asks the engine process to admit it,
-decodes and letterboxes it into its slot, and builds the reply: detect.py's path, with a
+decodes and letterboxes it into its slot (or, where the model's engine decodes JPEGs on its
+device, copies the JPEG there still encoded), and builds the reply: detect.py's path, with a
 `RemoteLane` in place of the local one. Health says SERVING only while the engine process is
 connected; once that connection is lost it says NOT_SERVING and every call gets UNAVAILABLE
 (the supervisor then stops the server). Told to stop by the supervisor, sent SIGTERM, or
@@ -44,7 +45,7 @@ async def start_frontend(spec: FrontendSpec) -> Server:
     link, welcome = await EngineLink.connect(spec.socket_path, spec.index, os.getpid())
     segment = Segment.attach(welcome.segment, welcome.layout)
     catalog = ModelList(welcome.entries)
-    lane = RemoteLane(link, segment)
+    lane = RemoteLane(link, segment, welcome.jpeg_models)
     observer = RequestObserver(spec.config)
 
     def record(rec: RequestRecord) -> None:

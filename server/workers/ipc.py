@@ -3,13 +3,20 @@ length, over one Unix stream socket per front end. They stay small (ids, slot in
 a few numbers): pixels and detection rows travel in shared memory (slots.py).
 
 Front end -> engine                              Engine -> front end
-  HELLO   (index, pid)                             WELCOME  (entries, segment, layout)
+  HELLO   (index, pid)                             WELCOME  (entries, segment, layout,
+                                                             jpeg_models)
   ADMIT   (tid, model, deadline, held, pixels)     ADMITTED (tid, slot, expected_decode_s)
                                                    REFUSED  (tid, code, message, reason, retry_s)
   SUBMIT  (tid, letterbox, params, deadline,       RESULT   (tid, rows, overflow, batch_size,
-           decode_s)                                         executed, queue_s, infer_s, post_s)
+           decode_s, jpeg or None)                           executed, queue_s, infer_s, post_s)
   DROP    (tid, decode_s or None)                  FAILED   (tid, code, message)
   CANCEL  (tid)
+
+`jpeg_models`: the keys of the models whose engines decode JPEGs on their device (torch-cuda
+`decode: device`); for those a front end leaves a JPEG encoded, and SUBMIT's `jpeg` says what
+the engine needs to decode and letterbox it (`JpegWire`). The bytes lie in the slot; one larger
+than the slot's image region travels in the message itself (as reply rows beyond the reply
+region do), so every JPEG the device takes is decoded there, as in one process.
 
 Deadlines are time.monotonic() seconds: one clock for every process on the host.
 """
@@ -28,6 +35,8 @@ SUBMIT, RESULT, FAILED = "submit", "result", "failed"
 DROP, CANCEL = "drop", "cancel"
 
 Message = tuple[Any, ...]
+# (size, stored_size, orientation, resized, offset, inline bytes or None: in the slot)
+JpegWire = tuple[int, tuple[int, int], int, tuple[int, int], tuple[int, int], bytes | None]
 _LENGTH = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a WELCOME with many manifests is the largest
 

@@ -5,7 +5,8 @@ labels of a single process. Counters and histograms add up across front ends; th
 admission gauges are set by the engine process alone ("mostrecent").
 
 The metrics only this process model has: per front end (`worker` = its index) the requests it
-brought, the slots its requests hold in the engine process and the slots freed when it died;
+brought, the slots its requests hold in the engine process and the slots freed when it died,
+the JPEGs it left encoded for the engine's device;
 the front ends connected, and the restarts.
 """
 
@@ -57,6 +58,12 @@ class WorkerMetrics:
             "Requests each front end brought to admission (admitted or refused): how evenly "
             "the kernel spreads connections over the front ends.",
             ["worker"])
+        self.encoded_jpegs = add.counter(
+            "detserve_worker_encoded_jpegs",
+            "JPEGs a front end handed over still encoded, for the model's engine to decode on "
+            "its device (torch-cuda decode: device): via slot, or via message when larger than "
+            "a slot.",
+            ["worker", "via"])
         self.connected = add.gauge(
             "detserve_workers_connected", "Front ends connected to the engine process.",
             mode="mostrecent")

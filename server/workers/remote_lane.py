@@ -2,10 +2,12 @@
 
 `RemoteLane.admit` is one round trip (ADMIT -> ADMITTED with a slot, or REFUSED with the same
 status, reason and retry pushback a single process would give). The ticket's `place` writes
-the letterboxed canvas into that slot on the decode thread; `submit` sends SUBMIT and builds
-the result from the slot's reply region. A request that ends before SUBMIT sends DROP, but only
-once the decode thread is done with the slot (a caller may leave mid-decode); one cancelled
-after SUBMIT sends CANCEL. If the connection to the engine process is lost, every request
+the letterboxed canvas into that slot on the decode thread, or, for a model whose engine
+decodes JPEGs on its device (WELCOME names them), the JPEG's encoded bytes; `submit` sends
+SUBMIT (with the JPEG's header facts, and its bytes when they are larger than the slot) and
+builds the result from the slot's reply region. A request that ends before SUBMIT sends DROP,
+but only once the decode thread is done with the slot (a caller may leave mid-decode); one
+cancelled after SUBMIT sends CANCEL. If the connection to the engine process is lost, every request
 waiting on it fails with UNAVAILABLE, and so does every new one.
 """
 
@@ -20,6 +22,7 @@ import grpc
 import numpy as np
 
 from detserve.engines.base import DecodeParams
+from detserve.engines.device_jpeg import DeviceJpeg, device_jpeg_of
 from detserve.engines.preprocess import PreparedPixels
 from detserve.server.admission import Rejected
 from detserve.server.batcher import BatchOutcome
@@ -32,6 +35,9 @@ from detserve.server.workers.slots import Segment, SlotLayout, read_rows
 
 ENGINE_LOST = ("the engine process is unavailable (connection lost); the server is restarting "
                "or shutting down: retry")
+# A JPEG beyond its slot goes inside SUBMIT; this leaves the rest of the message room below
+# the receiver's bound. Only a max_message_bytes configured above it can bring a larger one.
+MAX_INLINE_JPEG_BYTES = ipc.MAX_MESSAGE_BYTES - 1024 * 1024
 
 
 def _unavailable() -> RequestError:
@@ -43,6 +49,7 @@ class Welcome:
     entries: Sequence[ModelEntry]
     segment: str  # shared memory name of this front end's slots
     layout: SlotLayout
+    jpeg_models: frozenset[str]  # keys of the models whose engines decode JPEGs on the device
 
 
 class EngineLink:
@@ -64,8 +71,8 @@ class EngineLink:
         await asyncio.wait_for(loop.create_unix_connection(lambda: link.stream, path), timeout_s)
         link.stream.send((ipc.HELLO, index, pid))
         message = await asyncio.wait_for(link._welcome, timeout_s)
-        _, entries, segment, layout = message
-        return link, Welcome(entries, segment, layout)
+        _, entries, segment, layout, jpeg_models = message
+        return link, Welcome(entries, segment, layout, frozenset(jpeg_models))
 
     def on_lost(self, callback: Callable[[], None]) -> None:
         self._on_lost_callbacks.append(callback)
@@ -121,15 +128,30 @@ def _refusal(message: ipc.Message) -> RequestError:
     return RequestError(grpc.StatusCode[code], text)
 
 
+def _jpeg_wire(jpeg: DeviceJpeg, room: int) -> ipc.JpegWire:
+    size = len(jpeg.data)
+    inline = bytes(jpeg.data) if size > room else None
+    return size, jpeg.stored_size, jpeg.orientation, jpeg.resized, jpeg.offset, inline
+
+
+def _too_large(jpeg: DeviceJpeg) -> RequestError:
+    return RequestError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"JPEG image of {len(jpeg.data)} bytes is above the {MAX_INLINE_JPEG_BYTES} bytes a "
+        f"front-end worker can hand to the engine process for decoding on its device; send a "
+        f"smaller JPEG (or a PNG, which is decoded on the host)")
+
+
 class RemoteTicket:
     def __init__(self, link: EngineLink, segment: Segment, model: ModelView, tid: int,
-                 slot: int, expected_decode_s: float) -> None:
+                 slot: int, expected_decode_s: float, decodes_jpeg: bool = False) -> None:
         self._link = link
         self._segment = segment
         self._model = model
         self._tid = tid
         self._slot = slot
         self._expected_decode_s = expected_decode_s
+        self._decodes_jpeg = decodes_jpeg
         self._decode_s: float | None = None
         self._finished = False  # the decode thread is done with the slot
         self._submitted = False
@@ -141,9 +163,17 @@ class RemoteTicket:
 
     @property
     def decodes_jpeg(self) -> bool:
-        return False  # slots carry letterboxed pixels: a front end decodes on the host
+        return self._decodes_jpeg
 
     def place(self, prepared: PreparedPixels) -> PreparedPixels:
+        jpeg = device_jpeg_of(prepared)
+        if jpeg is not None:
+            size = len(jpeg.data)
+            if size > MAX_INLINE_JPEG_BYTES:
+                raise _too_large(jpeg)
+            if size <= self._segment.layout.image_bytes:  # else it goes inside SUBMIT
+                self._segment.encoded(self._slot, size)[:] = jpeg.data
+            return prepared
         height, width = prepared.pixels.shape[:2]
         canvas = self._segment.image(self._slot, height, width)
         np.copyto(canvas, prepared.pixels)
@@ -164,8 +194,10 @@ class RemoteTicket:
         letterbox = (b.scale_x, b.scale_y, b.pad_x, b.pad_y, b.orig_width, b.orig_height)
         classes = None if params.class_ids is None else tuple(sorted(params.class_ids))
         wire = (params.score_threshold, params.iou_threshold, params.max_detections, classes)
+        jpeg = device_jpeg_of(prepared)
+        encoded = None if jpeg is None else _jpeg_wire(jpeg, self._segment.layout.image_bytes)
         future = self._link.ask(self._tid, (ipc.SUBMIT, self._tid, letterbox, wire, deadline,
-                                            self._decode_s))
+                                            self._decode_s, encoded))
         try:
             reply = await future
         except asyncio.CancelledError:
@@ -191,9 +223,11 @@ class RemoteTicket:
 
 
 class RemoteLane:
-    def __init__(self, link: EngineLink, segment: Segment) -> None:
+    def __init__(self, link: EngineLink, segment: Segment,
+                 jpeg_models: frozenset[str] = frozenset()) -> None:
         self.link = link
         self.segment = segment
+        self.jpeg_models = jpeg_models  # Welcome.jpeg_models
 
     async def admit(self, model: ModelView, deadline: float | None, held: bool,
                     pixels: int) -> RemoteTicket:
@@ -209,7 +243,8 @@ class RemoteLane:
         if reply[0] == ipc.REFUSED:
             raise _refusal(reply)
         _, _, slot, expected_decode_s = reply
-        return RemoteTicket(self.link, self.segment, model, tid, slot, expected_decode_s)
+        return RemoteTicket(self.link, self.segment, model, tid, slot, expected_decode_s,
+                            model.key in self.jpeg_models)
 
     async def close(self, drain: bool = True) -> None:
         self.link.close()

@@ -5,7 +5,8 @@ One segment (multiprocessing.shared_memory) per front end: its partition. The en
 creates them, and it alone hands a partition's slots out (ADMITTED names the slot) and takes
 them back (when it sends RESULT or FAILED, on DROP or CANCEL, or, all at once, when that front
 end's connection closes), so there is no allocator shared between processes. A slot holds the
-image region, sized for the largest model input (uint8 [H, W, 3]), then the reply region: up to
+image region, sized for the largest model input (uint8 [H, W, 3]; for a model whose engine
+decodes JPEGs on its device, the encoded JPEG instead when it fits), then the reply region: up to
 `reply_rows` rows of float64 x1, y1, x2, y2, score, class_id (float32 boxes and scores and
 int64 class ids read back exactly). An answer with more rows sends the rest inline.
 Free slots are handed out last-in first-out, so the pages a partition touches stay few.
@@ -115,6 +116,13 @@ class Segment:
     def image(self, slot: int, height: int, width: int) -> npt.NDArray[np.uint8]:
         """The canvas of `slot` as uint8 [height, width, 3] (a view, not a copy)."""
         return self._slot(slot)[: height * width * 3].reshape(height, width, 3)
+
+    def encoded(self, slot: int, size: int) -> memoryview:
+        """The first `size` bytes of `slot`'s image region (a view): an encoded JPEG's place."""
+        if not 0 <= size <= self.layout.image_bytes:
+            raise ValueError(f"{size} encoded bytes do not fit a slot's image region of "
+                             f"{self.layout.image_bytes}")
+        return self._slot(slot)[:size].data
 
     def reply(self, slot: int) -> npt.NDArray[np.float64]:
         region = self._slot(slot)[self.layout.image_bytes:
