@@ -157,10 +157,9 @@ async def test_a_corrupt_jpeg_fails_only_its_own_request(supervised: Callable[[]
     run: Supervised = await supervised()
     stub = run.stub()
     good = jpeg(scene(3, 640, 480), quality=90)
-    ok, failed = await asyncio.gather(
-        stub.Detect(pb.DetectRequest(image=pb.Image(encoded=good)), timeout=CALL_S),
-        stub.Detect(pb.DetectRequest(image=pb.Image(encoded=corrupt(good))), timeout=CALL_S),
-        return_exceptions=True)
+    calls = [stub.Detect(pb.DetectRequest(image=pb.Image(encoded=data)), timeout=CALL_S)
+             for data in (good, corrupt(good))]
+    ok, failed = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(ok, pb.DetectResponse) and ok.batch_size == 2 and len(ok.detections) > 0
     assert isinstance(failed, grpc.aio.AioRpcError)
     assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT
