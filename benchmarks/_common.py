@@ -16,10 +16,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from detserve.client.bench import targetinfo
+from detserve.client.bench import proccpu, targetinfo
 from detserve.client.bench.inputs import InputSpec, build_requests, load_inputs
 from detserve.client.bench.report import write_report
 from detserve.client.bench.resultsdoc import new_document, write_csv, write_json
+from detserve.client.bench.runner import LevelResult, LoadPlan, run_plan
 from detserve.client.bench.served import (
     ServedDefault,
     load_served_default,
@@ -152,3 +153,20 @@ def save(doc: dict[str, Any], out_dir: Path, slo_ms: float) -> None:
     write_csv(doc, out_dir / "results.csv")
     report = write_report(doc, out_dir, slo_ms)
     print(f"wrote {out_dir / 'results.json'}, {out_dir / 'results.csv'} and {report}")
+
+
+async def measure_level(pid: int, target: str, requests: list[pb.DetectRequest],
+                        plan: LoadPlan, label: str, progress: bool) -> tuple[LevelResult,
+                                                                           dict[str, Any]]:
+    """One level, with the server's CPU by role over it."""
+    before = proccpu.server_cpu(pid)
+    (level,) = await run_plan(target, requests, plan, label, progress)
+    cpu = proccpu.server_cpu(pid).minus(before)
+    sent = len(level.records)
+    per_req = {k: round(v / sent * 1e6, 1) if sent else None for k, v in (
+        ("frontend_us_per_request", cpu.frontend_s), ("engine_us_per_request", cpu.engine_s),
+        ("supervisor_us_per_request", cpu.supervisor_s))}
+    return level, {"requests_sent": sent, "frontend_cpu_s": round(cpu.frontend_s, 3),
+                   "engine_cpu_s": round(cpu.engine_s, 3),
+                   "supervisor_cpu_s": round(cpu.supervisor_s, 3),
+                   "frontend_processes": cpu.frontends, **per_req}

@@ -36,35 +36,18 @@ from _common import (
     base_parser,
     batch_setting,
     load_requests,
+    measure_level,
     model_entry,
     new_doc,
     save,
     server_process,
 )
 
-from detserve.client.bench import hostload, proccpu
+from detserve.client.bench import hostload
 from detserve.client.bench.loads import DEFAULT_CHANNELS, LoadSettings
 from detserve.client.bench.resultsdoc import setting_entry
-from detserve.client.bench.runner import LevelResult, LoadPlan, describe, run_plan
+from detserve.client.bench.runner import LoadPlan, describe
 from detserve.client.bench.served import load_served_default
-from detserve.protos import detection_pb2 as pb
-
-
-async def measure_level(pid: int, target: str, requests: list[pb.DetectRequest],
-                        plan: LoadPlan, label: str, progress: bool) -> tuple[LevelResult,
-                                                                           dict[str, Any]]:
-    """One level, with the server's CPU by role over it."""
-    before = proccpu.server_cpu(pid)
-    (level,) = await run_plan(target, requests, plan, label, progress)
-    cpu = proccpu.server_cpu(pid).minus(before)
-    sent = len(level.records)
-    per_req = {k: round(v / sent * 1e6, 1) if sent else None for k, v in (
-        ("frontend_us_per_request", cpu.frontend_s), ("engine_us_per_request", cpu.engine_s),
-        ("supervisor_us_per_request", cpu.supervisor_s))}
-    return level, {"requests_sent": sent, "frontend_cpu_s": round(cpu.frontend_s, 3),
-                   "engine_cpu_s": round(cpu.engine_s, 3),
-                   "supervisor_cpu_s": round(cpu.supervisor_s, 3),
-                   "frontend_processes": cpu.frontends, **per_req}
 
 
 def best_clean(levels: list[dict[str, Any]]) -> dict[str, Any] | None:

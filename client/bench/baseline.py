@@ -29,6 +29,9 @@ class RawResult:
     infer_batches: int
     pipeline_ms_per_batch: float
     infer_ms_per_batch: float
+    # Process CPU (all threads, the engine library's included) per image of the infer-only
+    # loop: what the engine alone costs the machine; NaN where it was not measured.
+    infer_cpu_us_per_image: float = float("nan")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,7 +139,9 @@ def raw_engine_baseline(
             for _ in range(warmup_batches):
                 pipeline()
             n_pipe, t_pipe = _timed_loop(pipeline, duration_s)
+            cpu_start = time.process_time()
             n_inf, t_inf = _timed_loop(lambda p=pixels: infer_pixels(engine, p), duration_s)
+            infer_cpu_s = time.process_time() - cpu_start
             results.append(RawResult(
                 batch_size=b,
                 pipeline_images_per_s=n_pipe * b / t_pipe,
@@ -145,6 +150,7 @@ def raw_engine_baseline(
                 infer_batches=n_inf,
                 pipeline_ms_per_batch=t_pipe / n_pipe * 1000.0,
                 infer_ms_per_batch=t_inf / n_inf * 1000.0,
+                infer_cpu_us_per_image=infer_cpu_s / (n_inf * b) * 1e6,
             ))
     finally:
         engine.close()

@@ -4,6 +4,7 @@ run on OpenVINO without --raw-engine, `detserve-bench run --raw-package` include
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,9 @@ def test_baseline_command_on_an_ir_package(capsys: pytest.CaptureFixture[str]) -
     assert code == 0
     (result,) = json.loads(capsys.readouterr().out)
     assert result["batch_size"] == 1 and result["infer_images_per_s"] > 0
+    # The process CPU of inference alone: some CPU per image, and at most every core's worth.
+    per_image_s = 1.0 / result["infer_images_per_s"]
+    assert 0 < result["infer_cpu_us_per_image"] / 1e6 <= per_image_s * (os.cpu_count() or 1)
 
 
 def test_run_raw_package_on_an_ir_package(server: ThreadedServer, tmp_path: Path) -> None:
