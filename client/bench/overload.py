@@ -130,6 +130,10 @@ class PhaseStats:
     client_saturated: bool
     saturation_reason: str
     server: ServerObservations | None = None
+    # The refusals timed from the call's send: the server and the transport without the client's
+    # send lag (NaN in results from before the field).
+    rejection_sent_p50_ms: float = math.nan
+    rejection_sent_p99_ms: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,8 +144,10 @@ def phase_stats(spec: PhaseSpec, summary: LevelSummary, records: Sequence[Reques
     """The phase's numbers from its measured records and their level summary."""
     measured = [r for r in records if r.measured]
     codes = Counter(r.code for r in measured)
-    rejected = [r.latency_ms for r in measured if r.code != OK and r.code not in NOT_ANSWERED]
+    refused = [r for r in measured if r.code != OK and r.code not in NOT_ANSWERED]
+    rejected = [r.latency_ms for r in refused]
     rej = latency_stats(rejected)
+    rej_sent = latency_stats(r.round_trip_ms for r in refused)
     n = len(measured)
     return PhaseStats(
         name=spec.name, factor=spec.factor, rate_rps=spec.rate_rps, deadline_ms=spec.deadline_ms,
@@ -152,6 +158,7 @@ def phase_stats(spec: PhaseSpec, summary: LevelSummary, records: Sequence[Reques
         shares={k: v / n for k, v in sorted(codes.items())} if n else {},
         ok_p50_ms=summary.latency.p50_ms, ok_p99_ms=summary.latency.p99_ms,
         rejections=len(rejected), rejection_p50_ms=rej.p50_ms, rejection_p99_ms=rej.p99_ms,
+        rejection_sent_p50_ms=rej_sent.p50_ms, rejection_sent_p99_ms=rej_sent.p99_ms,
         batch_compute_ms=summary.server_ms["inference_ms"],
         mean_batch_size=summary.mean_batch_size,
         mean_executed_batch_size=summary.mean_executed_batch_size,

@@ -27,7 +27,8 @@ REJECT_REASONS = ("queue_full", "queue_wait", "deadline", "pixel_budget")
 _BASE_COLUMNS = (
     "phase", "factor", "rate_rps", "deadline_ms", "timeout_s", "capacity_rps", "measured", "ok",
     "goodput_rps", "goodput_ratio", "ok_p50_ms", "ok_p99_ms", "rejections", "rejection_p50_ms",
-    "rejection_p99_ms", "server_rejection_p99_ms", "batch_compute_ms", "batch_size_mean",
+    "rejection_p99_ms", "rejection_sent_p50_ms", "rejection_sent_p99_ms",
+    "server_rejection_p99_ms", "batch_compute_ms", "batch_size_mean",
     "executed_batch_size_mean",
     "rss_before_mb", "rss_peak_mb", "rss_after_mb", "decoded_after_deadline", "decodes",
     "rejected_total", "expired_before_decode", "client_cpu_cores", "send_lag_p99_ms",
@@ -59,6 +60,8 @@ def phase_row(p: PhaseStats, columns: Sequence[str] = ()) -> dict[str, Any]:
         "goodput_rps": round(p.goodput_rps, 3), "goodput_ratio": round(p.goodput_ratio, 4),
         "ok_p50_ms": p.ok_p50_ms, "ok_p99_ms": p.ok_p99_ms, "rejections": p.rejections,
         "rejection_p50_ms": p.rejection_p50_ms, "rejection_p99_ms": p.rejection_p99_ms,
+        "rejection_sent_p50_ms": p.rejection_sent_p50_ms,
+        "rejection_sent_p99_ms": p.rejection_sent_p99_ms,
         "server_rejection_p99_ms": _num(srv.server_rejection_p99_ms if srv else None),
         "batch_compute_ms": round(p.batch_compute_ms, 3),
         "batch_size_mean": round(p.mean_batch_size, 3),
@@ -117,7 +120,7 @@ def _reasons(p: PhaseStats) -> str:
 PHASE_HEADER = ("phase", "offered req/s", "goodput req/s", "goodput ÷ capacity", "OK %",
                 "RESOURCE_EXHAUSTED %", "DEADLINE_EXCEEDED %", "CANCELLED %", "UNAVAILABLE %",
                 "other %", "OK p50 / p99 ms", "rejection p50 / p99 ms",
-                "server time to refuse p99 ms",
+                "rejection from send p50 / p99 ms", "server time to refuse p99 ms",
                 "batch formed / executed", "batch compute ms", "RSS before / peak / after MB",
                 "decoded after deadline", "rejected by reason", "client CPU",
                 "client saturated")
@@ -134,6 +137,7 @@ def phase_table(phases: Sequence[PhaseStats]) -> str:
             *(_pct(p, c) for c in STATUS_COLUMNS), f"{other:.1f}",
             f"{_f(p.ok_p50_ms)} / {_f(p.ok_p99_ms)}",
             f"{_f(p.rejection_p50_ms)} / {_f(p.rejection_p99_ms)}",
+            f"{_f(p.rejection_sent_p50_ms)} / {_f(p.rejection_sent_p99_ms)}",
             f"≤ {_f(p.server.server_rejection_p99_ms, 2)}" if p.server
             and p.server.server_rejection_p99_ms is not None else "n/a",
             f"{_f(p.mean_batch_size, 2)} / {_f(p.mean_executed_batch_size, 2)}",

@@ -51,6 +51,11 @@ class RequestRecord:
     def send_lag_ms(self) -> float:
         return (self.sent_s - self.scheduled_s) * 1000.0
 
+    @property
+    def round_trip_ms(self) -> float:
+        """From the call leaving the client to its answer: latency without the send lag."""
+        return (self.done_s - self.sent_s) * 1000.0
+
 
 RECORD_FIELDS: tuple[str, ...] = tuple(RequestRecord.__dataclass_fields__)
 

@@ -262,3 +262,14 @@ def test_rss_of_this_process() -> None:
     assert stats.before_mb > 1.0 and stats.peak_mb is not None
     assert stats.peak_mb >= max(stats.before_mb, stats.after_mb)
     assert stats.growth_mb == pytest.approx(stats.peak_mb - stats.before_mb)
+
+
+def test_rejections_from_the_send_leave_out_the_clients_lag() -> None:
+    # Refusals answered 1, 2 and 3 ms after they were sent, sent 4 ms after their plan.
+    late = [RequestRecord(scheduled_s=0.1 * i, sent_s=0.1 * i + 0.004,
+                          done_s=0.1 * i + 0.004 + (i + 1) / 1000.0, code="RESOURCE_EXHAUSTED",
+                          measured=True) for i in range(3)]
+    p = _phase(SPEC_3X, [*late, _rec(0.5, 20.0)], capacity=10.0)
+    assert p.rejection_p50_ms == pytest.approx(6.0, rel=REL)
+    assert p.rejection_sent_p50_ms == pytest.approx(2.0, rel=REL)
+    assert p.rejection_sent_p99_ms == pytest.approx(3.0, rel=REL)
