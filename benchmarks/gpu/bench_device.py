@@ -252,8 +252,7 @@ def phase_decode(run: Run, models: list[gpu_engine.BenchModel]) -> Callable[[flo
             run.results["decode_skipped"] = missing
             run.log(f"decode axis skipped: {missing}")
             return
-        workers = [w for w in p.decode_workers
-                   if w == 1 or gpu_decode_bench.workers_take_encoded()]
+        workers = list(p.decode_workers)  # front ends hand JPEGs over encoded (issue 16)
         # The served rows need a server start each (~10 s on the GPU, ~20 s on a CPU) plus the
         # client fleet's: the in-process sweep gets at most a quarter of the phase.
         serve_s = 15.0 + 2 * len(workers) * (_ROW_S + p.ladder.warmup_s + p.ladder.duration_s)

@@ -37,14 +37,6 @@ def device_decode_missing(device: str) -> str:
     return ""
 
 
-def workers_take_encoded() -> bool:
-    """Whether front-end worker processes hand encoded JPEGs to the engine process (their
-    tickets say so); until they do, a `--workers N` server decodes on the host."""
-    from detserve.server.workers.remote_lane import RemoteTicket
-
-    return hasattr(RemoteTicket, "decodes_jpeg")
-
-
 def synthetic_jpegs(count: int, width: int, height: int) -> list[bytes]:
     from detserve.client.bench.inputs import InputSpec, load_inputs
 
