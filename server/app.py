@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from detserve.protos import detection_pb2 as pb
 from detserve.server.admission import PixelBudget
 from detserve.server.catalog import Catalog
+from detserve.server.collector import freeze_startup_objects
 from detserve.server.config import ServerConfig
 from detserve.server.connection_age import connection_age_options
 from detserve.server.decode_pool import DecodePool
@@ -291,12 +292,14 @@ async def serve(
         await supervise(config)
         return
     server = await start_server(config)
+    frozen = freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server.observer.event(
         "listening",
+        gc_frozen_objects=frozen,
         address=f"{config.host}:{server.port}",
         metrics_port=server.metrics_port,
         models=sorted(server.registry.models),

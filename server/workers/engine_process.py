@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from detserve.engines.manifest import ManifestError
 from detserve.server.admission import PixelBudget
 from detserve.server.catalog import ModelEntry
+from detserve.server.collector import freeze_startup_objects
 from detserve.server.config import ConfigError, ServerConfig
 from detserve.server.lanes import LocalLane
 from detserve.server.logs import configure_logging, get_logger
@@ -114,6 +115,7 @@ async def _main(spec: EngineSpec, factory: EngineFactory, conn: Connection) -> i
         get_logger().exception("engine_start_failed")
         conn.send(("failed", "start", f"the engine process failed to start: {exc!r}"))
         return 1
+    freeze_startup_objects()
     conn.send(("ready", host.ready()))
     # A batcher out of service (a worker died) ends this process: the front ends then report
     # NOT_SERVING and the supervisor stops the server (exit 1), as for an engine process lost.

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2
 
 from detserve.server.app import SERVICE_NAME, Server, ServerStartError, start_grpc
 from detserve.server.catalog import ModelList
+from detserve.server.collector import freeze_startup_objects
 from detserve.server.config import ServerConfig
 from detserve.server.detect import RequestRecord
 from detserve.server.logs import configure_logging, get_logger
@@ -99,6 +100,7 @@ async def _main(spec: FrontendSpec, conn: Connection) -> int:
         get_logger().exception("worker_start_failed", worker=spec.index)
         conn.send(("failed", "start", f"front end {spec.index} failed to start: {exc!r}"))
         return 1
+    freeze_startup_objects()
     conn.send(("ready", os.getpid()))
     listening = asyncio.create_task(supervisor_says())
     await stop.wait()
