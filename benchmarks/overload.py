@@ -81,6 +81,8 @@ async def measure(args: argparse.Namespace, doc: dict[str, Any],
     setting, model = batch_setting(args), model_entry(args)
     port = free_port()
     fields = {**served(args).server, "metrics_port": port}
+    if args.workers is not None:
+        fields["workers"] = args.workers
     settings = LoadSettings(warmup_s=args.warmup_s, duration_s=args.duration_s,
                             timeout_s=args.timeout_s)
     role, opts = role_of(args, setting), model["engine_options"]
@@ -99,7 +101,8 @@ async def measure(args: argparse.Namespace, doc: dict[str, Any],
         for i, spec in enumerate(specs):
             level, server = await run_phase(
                 proc.target, proc.proc.pid, f"http://127.0.0.1:{port}/metrics", requests, spec,
-                replace(settings, seed=i), not args.no_progress)
+                replace(settings, seed=i), not args.no_progress,
+                tree=int(fields.get("workers", 1)) > 1)
             show(level)
             phases.append(phase_stats(spec, level.summary, level.records, capacity, server))
             doc["settings"].append(setting_entry(spec.name, role, setting.to_yaml(), proc.target,
@@ -151,6 +154,9 @@ def main() -> None:
                         "runs (os.nice), so that on cores it shares with the server it takes "
                         "what the server leaves, as clients on other machines would; the "
                         "server keeps normal priority. Recorded in results.json")
+    p.add_argument("--workers", type=int, default=None,
+                   help="front-end processes (the server's `workers`; default: the served "
+                        "default's); with more than one, RSS is summed over the process tree")
     p.set_defaults(duration_s=30.0)
     args = p.parse_args()
     setting = batch_setting(args)

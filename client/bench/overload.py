@@ -255,14 +255,14 @@ async def settled_scrape(url: str, max_wait_s: float = 2.0,
 
 async def run_phase(target: str, pid: int, metrics_url: str | None,
                     requests: Sequence[pb.DetectRequest], spec: PhaseSpec,
-                    settings: LoadSettings, progress: bool = True,
+                    settings: LoadSettings, progress: bool = True, tree: bool = False,
                     ) -> tuple[LevelResult, ServerObservations]:
     """One open-loop Poisson level at `spec.rate_rps`, RSS sampled and counters read around
     it (the counters include the phase's warm-up)."""
     before = await settled_scrape(metrics_url) if metrics_url else None
     plan = LoadPlan("open", (spec.rate_rps,), replace(settings, timeout_s=spec.timeout_s),
                     "poisson")
-    with RssSampler(pid) as rss:
+    with RssSampler(pid, tree=tree) as rss:
         (level,) = await run_plan(target, requests, plan, spec.name, progress)
     after = await settled_scrape(metrics_url) if metrics_url else None
     return level, ServerObservations.from_snapshots(rss.stats(), before, after)

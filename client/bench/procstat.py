@@ -43,11 +43,13 @@ class RssStats:
 
 class RssSampler:
     """`with RssSampler(pid) as s: ...` then `s.stats()`: before (at entry), peak, after (at
-    exit); samples every `interval_s` in between."""
+    exit); samples every `interval_s` in between. `tree`: the sum over `pid` and its child
+    processes (a server with front-end workers; pages they share count once per process)."""
 
-    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+    def __init__(self, pid: int, interval_s: float = 0.05, tree: bool = False) -> None:
         self.pid = pid
         self.interval_s = interval_s
+        self.tree = tree
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"rss-{pid}")
         self._lock = threading.Lock()
@@ -56,8 +58,16 @@ class RssSampler:
         self._peak: int | None = None
         self._count = 0
 
+    def _read(self) -> int | None:
+        own = read_rss_bytes(self.pid)
+        if not self.tree or own is None:
+            return own
+        from detserve.client.bench.proccpu import children_of
+
+        return own + sum(read_rss_bytes(k) or 0 for k in children_of(self.pid))
+
     def _take(self) -> int | None:
-        value = read_rss_bytes(self.pid)
+        value = self._read()
         if value is not None:
             with self._lock:
                 self._peak = value if self._peak is None else max(self._peak, value)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -273,3 +275,21 @@ def test_rejections_from_the_send_leave_out_the_clients_lag() -> None:
     assert p.rejection_p50_ms == pytest.approx(6.0, rel=REL)
     assert p.rejection_sent_p50_ms == pytest.approx(2.0, rel=REL)
     assert p.rejection_sent_p99_ms == pytest.approx(3.0, rel=REL)
+
+
+def test_rss_of_a_process_tree_adds_its_children() -> None:
+    # A child holding 64 MB it has written to: the tree's RSS counts it, the process's does not.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; b = bytearray(64 << 20); "
+                              "b[::4096] = bytes([1]) * (len(b) // 4096); "
+                              "print('ready', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        with RssSampler(os.getpid()) as own, RssSampler(os.getpid(), tree=True) as tree:
+            pass
+        own_mb, tree_mb = own.stats().before_mb, tree.stats().before_mb
+        assert own_mb is not None and tree_mb is not None
+        assert tree_mb - own_mb > 64
+    finally:
+        child.kill()
+        child.wait()
