@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 from wsgiref.simple_server import WSGIServer
@@ -201,6 +202,15 @@ class ServerMetrics:
     def observe_error(self, model: str, code: str) -> None:
         """Count a request that ended with a non-OK status (code like "INVALID_ARGUMENT")."""
         self.requests.labels(model, code).inc()
+
+    def start_counting(self, models: Iterable[str]) -> None:
+        """Each model's decode counters, at 0 before its first request: a server that never
+        decoded late reads 0, not absent (with front-end workers a counter without a sample
+        is missing from /metrics altogether)."""
+        for model in models:
+            for counter in (self.decodes, self.expired_before_decode,
+                            self.decoded_after_deadline):
+                counter.labels(model)
 
     def observe_decode(self, model: str, outcome: DecodeOutcome) -> None:
         if outcome.decoded:

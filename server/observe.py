@@ -80,8 +80,11 @@ class RequestObserver:
         self.drift.observe(rec)
 
     def watch(self, models: Iterable[ModelView]) -> None:
-        """The models whose answers the drift alerts follow (their references)."""
-        self.drift.watch(models)
+        """The models served: the drift alerts follow their answers (their references), and
+        their decode counters start at 0."""
+        served = list(models)
+        self.drift.watch(served)
+        self.metrics.start_counting(m.key for m in served)
 
     def _measure(self, rec: RequestRecord, served: bool) -> None:
         label = rec.model if served else UNKNOWN_MODEL

@@ -226,6 +226,9 @@ async def test_one_metrics_endpoint_counts_every_worker(supervised: Callable[...
     # Histograms add up across front ends; gauges come from the engine process, one series.
     assert metric(text, "detserve_batch_size_count", model="blocks@64") == 12
     assert metric(text, "detserve_decodes_total", model="blocks@64") == 12
+    # Counters nothing has bumped read 0, not absent (they start at 0 in every front end).
+    for name in ("detserve_decoded_after_deadline_total", "detserve_expired_before_decode_total"):
+        assert f'{name}{{model="blocks@64"}} 0.0' in text, name
     assert metric(text, "detserve_requests_in_server", model="blocks@64") == 0
     assert metric(text, "detserve_workers_connected") == 2
     assert "pid=" not in text
