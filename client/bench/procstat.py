@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from detserve.client.bench.proccpu import children_of
+
 MB = 1_000_000.0  # reported in MB (10^6 bytes)
 
 
@@ -62,8 +64,6 @@ class RssSampler:
         own = read_rss_bytes(self.pid)
         if not self.tree or own is None:
             return own
-        from detserve.client.bench.proccpu import children_of
-
         return own + sum(read_rss_bytes(k) or 0 for k in children_of(self.pid))
 
     def _take(self) -> int | None:

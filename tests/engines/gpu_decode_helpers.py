@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,29 @@ LIMIT = 4096 * 4096
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PACKAGE = REPO / "models" / "packages" / "shapes_320"
 VENV_TV = REPO / ".venv-tv" / "bin" / "python"
+NO_VENV_TV = ("no .venv-tv with torchvision and pytest here (bash models/torchvision_env.sh "
+              "makes it): the real decode_jpeg is not run")
+
+
+def venv_tv_ready() -> bool:
+    """Whether .venv-tv exists and has what the *_tv.py test files need."""
+    if not VENV_TV.exists():
+        return False
+    probe = subprocess.run([str(VENV_TV), "-c", "import pytest, pytest_asyncio, torchvision"],
+                           capture_output=True, timeout=120, check=False)
+    return probe.returncode == 0
+
+
+def pytest_in_venv_tv(test: str, timeout_s: float) -> str:
+    """Run the test file `test` (a path from the repo root) in .venv-tv; asserts every test in
+    it passed and none skipped, and returns the end of its output."""
+    proc = subprocess.run([str(VENV_TV), "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+                          capture_output=True, text=True, timeout=timeout_s, cwd=str(REPO),
+                          check=False)
+    tail = (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, tail
+    assert " passed" in tail and "skipped" not in tail, tail
+    return tail
 
 
 def manifest(width: int = 64, height: int = 64, **pre: Any) -> Manifest:

@@ -7,7 +7,6 @@ there when .venv-tv exists."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from typing import Any
 
@@ -41,12 +40,14 @@ from detserve.server.detect import _prepare
 from .gpu_decode_helpers import (
     DEFAULT_PACKAGE,
     LIMIT,
-    VENV_TV,
+    NO_VENV_TV,
     corrupt,
     jpeg,
     manifest,
     photo,
     png,
+    pytest_in_venv_tv,
+    venv_tv_ready,
 )
 
 CPU = torch.device("cpu")
@@ -197,24 +198,8 @@ def test_an_unknown_decode_mode_names_the_choices() -> None:
         TorchEngine(DEFAULT_PACKAGE, device="cpu", decode="gpu")
 
 
-def _venv_tv_ready() -> bool:
-    if not VENV_TV.exists():
-        return False
-    probe = subprocess.run([str(VENV_TV), "-c", "import pytest, pytest_asyncio, torchvision"],
-                           capture_output=True, timeout=120, check=False)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _venv_tv_ready(), reason="no .venv-tv with torchvision and pytest here "
-                    "(bash models/torchvision_env.sh makes it): the real decode_jpeg is not run")
+@pytest.mark.skipif(not venv_tv_ready(), reason=NO_VENV_TV)
 @pytest.mark.timeout(900)
 def test_the_torchvision_decode_tests_pass_in_venv_tv() -> None:
     """test_gpu_decode_tv.py skips in the suite's .venv (no torchvision): run it for real."""
-    test = "tests/engines/test_gpu_decode_tv.py"
-    proc = subprocess.run([str(VENV_TV), "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
-                          capture_output=True, text=True, timeout=840,
-                          cwd=str(VENV_TV.parents[2]), check=False)
-    tail = (proc.stdout + proc.stderr)[-3000:]
-    assert proc.returncode == 0, tail
-    assert " passed" in tail and "skipped" not in tail, tail
-    print(tail, file=sys.stderr)
+    print(pytest_in_venv_tv("tests/engines/test_gpu_decode_tv.py", 840), file=sys.stderr)

@@ -6,7 +6,6 @@ file there when .venv-tv exists."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -22,7 +21,15 @@ from detserve.server.workers import remote_lane
 from detserve.server.workers.remote_lane import EngineLink, RemoteTicket
 from detserve.server.workers.slots import Segment, SlotLayout
 
-from ..engines.gpu_decode_helpers import DEFAULT_PACKAGE, LIMIT, VENV_TV, jpeg, photo
+from ..engines.gpu_decode_helpers import (
+    DEFAULT_PACKAGE,
+    LIMIT,
+    NO_VENV_TV,
+    jpeg,
+    photo,
+    pytest_in_venv_tv,
+    venv_tv_ready,
+)
 
 LAYOUT = SlotLayout(slots=2, image_bytes=64 * 64 * 3, reply_rows=4)
 
@@ -84,24 +91,8 @@ def test_encoded_bytes_beyond_the_image_region_are_refused(segment: Segment) -> 
         segment.encoded(0, LAYOUT.image_bytes + 1)
 
 
-def _venv_tv_ready() -> bool:
-    if not VENV_TV.exists():
-        return False
-    probe = subprocess.run([str(VENV_TV), "-c", "import pytest, pytest_asyncio, torchvision"],
-                           capture_output=True, timeout=120, check=False)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _venv_tv_ready(), reason="no .venv-tv with torchvision and pytest here "
-                    "(bash models/torchvision_env.sh makes it): the real decode_jpeg is not run")
+@pytest.mark.skipif(not venv_tv_ready(), reason=NO_VENV_TV)
 @pytest.mark.timeout(1500)
 def test_the_worker_device_decode_tests_pass_in_venv_tv() -> None:
     """test_workers_device_jpeg_tv.py skips in the suite's .venv (no torchvision): run it."""
-    test = "tests/server/test_workers_device_jpeg_tv.py"
-    proc = subprocess.run([str(VENV_TV), "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
-                          capture_output=True, text=True, timeout=1440,
-                          cwd=str(VENV_TV.parents[2]), check=False)
-    tail = (proc.stdout + proc.stderr)[-3000:]
-    assert proc.returncode == 0, tail
-    assert " passed" in tail and "skipped" not in tail, tail
-    print(tail, file=sys.stderr)
+    print(pytest_in_venv_tv("tests/server/test_workers_device_jpeg_tv.py", 1440), file=sys.stderr)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
-import signal
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -102,13 +100,7 @@ async def supervised() -> AsyncIterator[Callable[[], Any]]:
 
     yield _start
     for run in started:
-        for channel in run.channels:
-            await channel.close()
-        if run.process.is_alive():
-            os.kill(run.process.pid, signal.SIGTERM)
-            await asyncio.to_thread(run.process.join, START_S)
-        if run.process.is_alive():
-            run.process.kill()
+        await workers_harness.stop_supervisor(run.process, run.channels, START_S)
     assert all(run.process.exitcode == 0 for run in started)
 
 

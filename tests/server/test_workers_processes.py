@@ -123,13 +123,7 @@ async def supervised(tiny_package: Path) -> AsyncIterator[Callable[..., Any]]:
     yield _start
     for run in started:
         run.gate.set()
-        for channel in run.channels:
-            await channel.close()
-        if run.process.is_alive():
-            os.kill(run.process.pid, signal.SIGTERM)
-            await asyncio.to_thread(run.process.join, START_S)
-        if run.process.is_alive():
-            run.process.kill()
+        await workers_harness.stop_supervisor(run.process, run.channels, START_S)
 
 
 def _held(text: str) -> tuple[int, int]:

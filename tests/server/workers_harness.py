@@ -13,6 +13,7 @@ import asyncio
 import multiprocessing.queues
 import multiprocessing.synchronize
 import os
+import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -89,3 +90,15 @@ def run_supervisor(config: ServerConfig, factory: EngineFactory | None,
         print(f"supervisor: {exc}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)
+
+
+async def stop_supervisor(process: Any, channels: Sequence[Any], wait_s: float) -> None:
+    """Tear down a supervisor a test started: close its channels, SIGTERM it and wait up to
+    `wait_s` for it to drain, kill it past that."""
+    for channel in channels:
+        await channel.close()
+    if process.is_alive():
+        os.kill(process.pid, signal.SIGTERM)
+        await asyncio.to_thread(process.join, wait_s)
+    if process.is_alive():
+        process.kill()
