@@ -79,6 +79,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3,
                    help="passes over the ladder, the settings alternating first; each ratio "
                         "is the median of the rounds' own ratios (client/bench/rounds.py)")
+    p.add_argument("--fresh-servers", action="store_true",
+                   help="restart every setting's server before each round, so the rounds' "
+                        "median is over independent server processes (needs --client-nice 0)")
     args = p.parse_args()
     grid, batching = build_grid(args)
     sweep = {
@@ -94,6 +97,7 @@ def main() -> None:
                       "no_batching": True},
         "client_nice": args.client_nice,
         "rounds": args.rounds,
+        "fresh_servers": args.fresh_servers,
     }
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

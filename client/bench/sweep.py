@@ -29,6 +29,7 @@ Sweep file (YAML):
     interleave: true              # all servers up at once, levels taken in turns (below)
     client_nice: 0                # interleave only: the load generator's nice once servers run
     rounds: 1                     # interleave only: passes over the ladder (client/bench/rounds.py)
+    fresh_servers: false          # rounds only: every setting's server restarted before each round
 
 With `interleave` (the default), every setting's server starts first, then the sweep runs level
 by level, each setting in turn at that level (the order rotating from level to level), so a
@@ -39,7 +40,15 @@ server after another, each through the whole ladder (less memory). `client_nice:
 load generator's CPU priority once every server runs (they keep theirs), so on cores it shares
 with them it takes what they leave, as clients on other machines would. `rounds: R` runs the
 interleaved ladder R times, the setting that goes first alternating between rounds; the report
-takes each ratio within a round and gives the median of the rounds' ratios.
+takes each ratio within a round and gives the median of the rounds' ratios. Two identical
+servers, one process each for the whole sweep, measured a median 0.94x of each other at one
+and two callers over 5 rounds (benchmarks/results/twin_servers/summary.md): each process seems
+to keep a speed of its own (where its threads and buffers landed), which rounds on the same
+processes cannot average out.
+`fresh_servers: true` restarts every setting's server before each round (each restarted
+server's log gets a `_rN` suffix), so the rounds' median is taken over independent processes.
+It needs client_nice 0: a server started after the load generator lowered its priority would
+inherit that priority.
 
 The settings are the cross product of every grid list; a field the grid leaves out takes its
 value from `model.batching` (batching fields beyond the grid's, e.g. preferred_batch_sizes or
@@ -81,7 +90,7 @@ from detserve.protos import detection_pb2 as pb
 
 BUILTIN = "builtin:"
 _TOP_KEYS = ("model", "server", "grid", "load", "inputs", "baselines", "startup_timeout_s",
-             "interleave", "client_nice", "rounds")
+             "interleave", "client_nice", "rounds", "fresh_servers")
 _LOAD_SETTINGS = ("transport", "warmup_s", "duration_s", "max_requests", "timeout_s",
                   "max_outstanding", "streams", "seed")
 
@@ -101,6 +110,7 @@ class SweepConfig:
     interleave: bool = True
     client_nice: int = 0
     rounds: int = 1
+    fresh_servers: bool = False
 
 def resolve_package(value: str, base_dir: Path) -> Path:
     """`builtin:<dir>` (shipped in detserve.models), absolute, or relative to the sweep file."""
@@ -124,6 +134,12 @@ def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
     if rounds > 1 and not raw.get("interleave", True):
         raise ValueError(f"sweep field 'rounds' ({rounds}) needs interleave: true (rounds "
                          "alternate the settings level by level)")
+    fresh = raw.get("fresh_servers", False)
+    if not isinstance(fresh, bool):
+        raise ValueError(f"sweep field 'fresh_servers' must be true or false, got {fresh!r}")
+    if fresh and raw.get("client_nice"):
+        raise ValueError("sweep field 'fresh_servers' needs client_nice 0 (a server restarted "
+                         "after the load generator lowered its priority would inherit it)")
     unknown = set(raw) - set(_TOP_KEYS)
     if unknown:
         raise ValueError(f"unknown sweep field(s) {sorted(unknown)}; allowed: {list(_TOP_KEYS)}")
@@ -164,6 +180,7 @@ def parse_sweep(raw: Any, base_dir: Path) -> SweepConfig:
         interleave=bool(raw.get("interleave", True)),
         client_nice=int(raw.get("client_nice", 0)),
         rounds=rounds,
+        fresh_servers=fresh,
     )
 
 
@@ -209,19 +226,32 @@ async def run_sweep(cfg: SweepConfig, out_dir: Path, show_progress: bool = True)
     return json_path
 
 
-async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], out_dir: Path,
-                           doc: dict[str, Any], show_progress: bool) -> None:
-    """Every setting's server up at once; level by level, each setting in turn, the whole
-    ladder `cfg.rounds` times."""
+async def _start_servers(cfg: SweepConfig, out_dir: Path, suffix: str = ""
+                         ) -> list[ServerProcess]:
+    """One server per setting, each up before the next starts; `suffix` names their logs."""
     procs: list[ServerProcess] = []
     try:
         for point in cfg.settings:
             model = {**cfg.model, "engine_options": point.engine_options}
             proc = ServerProcess(server_config(model, point.batching, free_port(), cfg.server),
-                                 out_dir, point.name)
+                                 out_dir, point.name + suffix)
             procs.append(proc)
             await proc.start(cfg.startup_timeout_s)
             await targetinfo.fetch_and_remember(proc.target)
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs
+
+
+async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], out_dir: Path,
+                           doc: dict[str, Any], show_progress: bool) -> None:
+    """Every setting's server up at once; level by level, each setting in turn, the whole
+    ladder `cfg.rounds` times (with `fresh_servers`, on new server processes each round)."""
+    procs: list[ServerProcess] = []
+    try:
+        procs = await _start_servers(cfg, out_dir)
         if cfg.client_nice:
             os.nice(cfg.client_nice)  # after the servers started: they keep their priority
         levels: list[list[LevelResult]] = [[] for _ in cfg.settings]
@@ -232,6 +262,11 @@ async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], o
         passes = [(r, k, level) for r in range(cfg.rounds)
                   for k, level in enumerate(cfg.plan.levels)]
         for r, k, level in passes:
+            if cfg.fresh_servers and r > 0 and k == 0:
+                for proc in procs:
+                    proc.stop()
+                procs = []
+                procs = await _start_servers(cfg, out_dir, f"_r{r + 1}")
             one = replace(cfg.plan, levels=(level,))
             for i in _rotated(len(cfg.settings), k + r):
                 point, proc = cfg.settings[i], procs[i]

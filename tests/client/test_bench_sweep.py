@@ -144,3 +144,45 @@ def test_rounds_need_interleave(tmp_path: Path, tiny_package: Path) -> None:
         cfg.write_text(yaml.safe_dump({"model": {"package": str(tiny_package)}, **bad}))
         with pytest.raises(ValueError, match=message):
             load_sweep(cfg)
+
+
+def test_fresh_servers_run_each_round_on_new_processes(
+        tiny_package: Path, blocks_folder: Path, tmp_path: Path) -> None:
+    sweep = {
+        "model": {"package": str(tiny_package), "engine_options": {"intra_op_threads": 1},
+                  "batching": {"max_batch_size": 4, "max_queue_delay_ms": 2, "instances": 1,
+                               "max_queue_size": 64}},
+        "grid": {"max_batch_size": [4]},
+        "load": {"mode": "closed", "levels": [1], "warmup_s": 0.1, "duration_s": 0.3},
+        "inputs": {"source": str(blocks_folder), "count": 4},
+        "baselines": {"raw_engine": False},
+        "startup_timeout_s": 60,
+        "rounds": 2,
+        "fresh_servers": True,
+    }
+    cfg_path = tmp_path / "sweep.yaml"
+    cfg_path.write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "out"
+    assert bench_main(["sweep", "--config", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    names = [s["name"] for s in doc["settings"]]
+    assert len(names) == 2  # the setting and its no-batching baseline
+    for setting in doc["settings"]:
+        assert [lv["round"] for lv in setting["levels"]] == [0, 1]
+        assert all(lv["ok"] > 0 for lv in setting["levels"])
+    for name in names:
+        listening = []
+        for log in (out / f"server-{name}.log", out / f"server-{name}_r2.log"):
+            lines = [json.loads(line) for line in log.read_text().splitlines()
+                     if line.startswith("{")]
+            listening += [line["address"] for line in lines if line.get("event") == "listening"]
+        assert len(listening) == 2 and listening[0] != listening[1], listening
+
+
+def test_fresh_servers_need_a_plain_client_priority(tmp_path: Path, tiny_package: Path) -> None:
+    for bad, message in (({"fresh_servers": "yes"}, "must be true or false, got 'yes'"),
+                         ({"fresh_servers": True, "client_nice": 10}, "needs client_nice 0")):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(yaml.safe_dump({"model": {"package": str(tiny_package)}, **bad}))
+        with pytest.raises(ValueError, match=message):
+            load_sweep(cfg)
