@@ -239,10 +239,14 @@ async def _start_servers(cfg: SweepConfig, out_dir: Path, suffix: str = ""
             await proc.start(cfg.startup_timeout_s)
             await targetinfo.fetch_and_remember(proc.target)
     except BaseException:
-        for proc in procs:
-            proc.stop()
+        _stop_all(procs)
         raise
     return procs
+
+
+def _stop_all(procs: list[ServerProcess]) -> None:
+    for proc in procs:
+        proc.stop()
 
 
 async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], out_dir: Path,
@@ -263,9 +267,8 @@ async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], o
                   for k, level in enumerate(cfg.plan.levels)]
         for r, k, level in passes:
             if cfg.fresh_servers and r > 0 and k == 0:
-                for proc in procs:
-                    proc.stop()
-                procs = []
+                _stop_all(procs)
+                procs = []  # should the restart fail, `finally` has nothing left to stop
                 procs = await _start_servers(cfg, out_dir, f"_r{r + 1}")
             one = replace(cfg.plan, levels=(level,))
             for i in _rotated(len(cfg.settings), k + r):
@@ -281,8 +284,7 @@ async def _run_interleaved(cfg: SweepConfig, requests: list[pb.DetectRequest], o
             write_json(doc, out_dir / "results.json")
             write_csv(doc, out_dir / "results.csv")
     finally:
-        for proc in procs:
-            proc.stop()
+        _stop_all(procs)
 
 
 def _rotated(n: int, k: int) -> list[int]:

@@ -7,6 +7,7 @@ import csv
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -100,19 +101,25 @@ def test_interleaved_order_rotates_per_level() -> None:
     assert [_rotated(3, k) for k in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
 
 
-def test_sweep_with_rounds_alternates_and_reports_the_median_ratio(
-        tiny_package: Path, blocks_folder: Path, tmp_path: Path) -> None:
-    sweep = {
-        "model": {"package": str(tiny_package), "engine_options": {"intra_op_threads": 1},
+def _rounds_sweep(package: Path, images: Path, levels: list[int], **fields: Any
+                  ) -> dict[str, Any]:
+    """A short interleaved sweep of the tiny package with rounds (and `fields`)."""
+    return {
+        "model": {"package": str(package), "engine_options": {"intra_op_threads": 1},
                   "batching": {"max_batch_size": 4, "max_queue_delay_ms": 2, "instances": 1,
                                "max_queue_size": 64}},
-        "grid": {"max_batch_size": [1, 4]},
-        "load": {"mode": "closed", "levels": [1, 2], "warmup_s": 0.1, "duration_s": 0.3},
-        "inputs": {"source": str(blocks_folder), "count": 4},
+        "load": {"mode": "closed", "levels": levels, "warmup_s": 0.1, "duration_s": 0.3},
+        "inputs": {"source": str(images), "count": 4},
         "baselines": {"raw_engine": False},
         "startup_timeout_s": 60,
-        "rounds": 3,
+        **fields,
     }
+
+
+def test_sweep_with_rounds_alternates_and_reports_the_median_ratio(
+        tiny_package: Path, blocks_folder: Path, tmp_path: Path) -> None:
+    sweep = _rounds_sweep(tiny_package, blocks_folder, [1, 2],
+                          grid={"max_batch_size": [1, 4]}, rounds=3)
     cfg_path = tmp_path / "sweep.yaml"
     cfg_path.write_text(yaml.safe_dump(sweep))
     out = tmp_path / "out"
@@ -148,18 +155,8 @@ def test_rounds_need_interleave(tmp_path: Path, tiny_package: Path) -> None:
 
 def test_fresh_servers_run_each_round_on_new_processes(
         tiny_package: Path, blocks_folder: Path, tmp_path: Path) -> None:
-    sweep = {
-        "model": {"package": str(tiny_package), "engine_options": {"intra_op_threads": 1},
-                  "batching": {"max_batch_size": 4, "max_queue_delay_ms": 2, "instances": 1,
-                               "max_queue_size": 64}},
-        "grid": {"max_batch_size": [4]},
-        "load": {"mode": "closed", "levels": [1], "warmup_s": 0.1, "duration_s": 0.3},
-        "inputs": {"source": str(blocks_folder), "count": 4},
-        "baselines": {"raw_engine": False},
-        "startup_timeout_s": 60,
-        "rounds": 2,
-        "fresh_servers": True,
-    }
+    sweep = _rounds_sweep(tiny_package, blocks_folder, [1], grid={"max_batch_size": [4]},
+                          rounds=2, fresh_servers=True)
     cfg_path = tmp_path / "sweep.yaml"
     cfg_path.write_text(yaml.safe_dump(sweep))
     out = tmp_path / "out"
