@@ -232,9 +232,7 @@ async def _start_servers(cfg: SweepConfig, out_dir: Path, suffix: str = ""
     procs: list[ServerProcess] = []
     try:
         for point in cfg.settings:
-            model = {**cfg.model, "engine_options": point.engine_options}
-            proc = ServerProcess(server_config(model, point.batching, free_port(), cfg.server),
-                                 out_dir, point.name + suffix)
+            proc = _server_for(cfg, point, out_dir, point.name + suffix)
             procs.append(proc)
             await proc.start(cfg.startup_timeout_s)
             await targetinfo.fetch_and_remember(proc.target)
@@ -242,6 +240,13 @@ async def _start_servers(cfg: SweepConfig, out_dir: Path, suffix: str = ""
         _stop_all(procs)
         raise
     return procs
+
+
+def _server_for(cfg: SweepConfig, point: SweepPoint, out_dir: Path, name: str) -> ServerProcess:
+    """The (not yet started) server of one setting; `name` names its config and log."""
+    model = {**cfg.model, "engine_options": point.engine_options}
+    return ServerProcess(server_config(model, point.batching, free_port(), cfg.server), out_dir,
+                         name)
 
 
 def _stop_all(procs: list[ServerProcess]) -> None:
@@ -295,9 +300,7 @@ def _rotated(n: int, k: int) -> list[int]:
 async def _run_point(cfg: SweepConfig, point: SweepPoint, requests: list[pb.DetectRequest],
                      out_dir: Path, show_progress: bool) -> tuple[list[LevelResult], str]:
     """One server subprocess for `point`, the load plan against it; stopped on the way out."""
-    model = {**cfg.model, "engine_options": point.engine_options}
-    proc = ServerProcess(server_config(model, point.batching, free_port(), cfg.server), out_dir,
-                         point.name)
+    proc = _server_for(cfg, point, out_dir, point.name)
     await proc.start(cfg.startup_timeout_s)
 
     def announce(level: LevelResult) -> None:
